@@ -1,0 +1,3 @@
+from expost.cli import main
+
+main()

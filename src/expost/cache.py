@@ -1,0 +1,148 @@
+"""Cache stage: content-addressed run results on disk, written atomically, checked on read.
+
+Layout under the cache dir (`.expost/` or $EXPOST_CACHE_DIR):
+    runs/<key[:2]>/<key>/result.json    scalars, metadata, sha256 of each series file
+    runs/<key[:2]>/<key>/<series>.npy   float32 arrays
+    index/<experiment>.json             last key per (sweep point, seed): powers --explain
+    logs/<experiment>/...               stdout/stderr and tracebacks of runs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Entry:
+    """One cached run: metadata and scalars in memory, series loaded on demand."""
+
+    key: str
+    dir: Path
+    meta: dict
+
+    @property
+    def scalars(self) -> dict:
+        return self.meta["scalars"]
+
+    def series(self, name: str) -> np.ndarray:
+        return np.load(self.dir / f"{name}.npy", allow_pickle=False)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / "runs" / key[:2] / key
+
+    def log_path(self, experiment: str, label: str, seed: int) -> Path:
+        safe = "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in label)[:120]
+        return self.root / "logs" / experiment / f"{safe}-seed{seed}.log"
+
+    def has(self, key: str) -> bool:
+        return (self.entry_dir(key) / "result.json").exists()
+
+    def write(self, key: str, meta: dict, series: dict[str, np.ndarray]) -> None:
+        """Write an entry atomically: build it in a temp dir, then rename into place."""
+        final = self.entry_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}.", suffix=".tmp"))
+        try:
+            files = {}
+            for name, arr in series.items():
+                p = tmp / f"{name}.npy"
+                np.save(p, np.asarray(arr, dtype=np.float32), allow_pickle=False)
+                files[name] = sha256_file(p)
+            meta = {**meta, "key": key, "series_sha256": files}
+            (tmp / "result.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # Another process finished the same key first: same inputs, same result; keep theirs.
+                if not (final / "result.json").exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def read(self, key: str, verify: bool = True) -> Entry | None:
+        """The entry, or None when missing or corrupt (a corrupt entry is moved aside)."""
+        d = self.entry_dir(key)
+        try:
+            meta = json.loads((d / "result.json").read_text())
+            if verify:
+                for name, digest in meta["series_sha256"].items():
+                    if sha256_file(d / f"{name}.npy") != digest:
+                        raise ValueError(f"checksum mismatch in {name}.npy")
+        except FileNotFoundError:
+            if d.exists():
+                self._quarantine(d)
+            return None
+        except (ValueError, KeyError, OSError):
+            self._quarantine(d)
+            return None
+        return Entry(key, d, meta)
+
+    def _quarantine(self, d: Path) -> None:
+        bad = self.root / "corrupt"
+        bad.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(d, bad / f"{d.name}.{os.getpid()}")
+        except OSError:
+            shutil.rmtree(d, ignore_errors=True)
+        self.corrupt_seen = getattr(self, "corrupt_seen", 0) + 1
+
+    # --explain bookkeeping: the last key seen for each (experiment, sweep point, seed)
+    def index_path(self, experiment: str) -> Path:
+        return self.root / "index" / f"{experiment}.json"
+
+    def read_index(self, experiment: str) -> dict:
+        try:
+            return json.loads(self.index_path(experiment).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def update_index(self, experiment: str, records: dict) -> None:
+        index = self.read_index(experiment)
+        index.update(records)
+        atomic_write_text(self.index_path(experiment), json.dumps(index, sort_keys=True, indent=0))
+
+
+def clean_scalar(v) -> float | int | bool:
+    """JSON-safe scalar; NaN/inf kept (flagged elsewhere), as Python's json writes them."""
+    if isinstance(v, (bool, int)):
+        return v
+    f = float(v)
+    return f if math.isfinite(f) else f

@@ -1,0 +1,164 @@
+"""Claims across seeds: evaluate each declared claim and give a verdict with k of n seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from expost.errors import NoRunsError, ResultError, SpecError
+from expost.plan import config_label
+from expost.results import Record, ResultSet
+from expost.spec import Claim, Spec
+
+HOLDS, FAILS, INCONCLUSIVE, ERROR = "holds", "fails", "inconclusive", "error"
+MIN_SEEDS = 3  # fewer seeds than this cannot support or refute a claim
+
+
+@dataclass(frozen=True)
+class Verdict:
+    experiment: str
+    claim: str
+    index: int
+    group: str  # "" or "axis=value" when the claim is evaluated per config group
+    verdict: str
+    k: int
+    n: int
+    min_frac: float
+    per_seed: bool
+    missing: int = 0
+    numbers: str = ""
+    detail: str = ""
+
+    @property
+    def k_of_n(self) -> str:
+        return f"{self.k}/{self.n}" if self.per_seed else ("yes" if self.k else "no")
+
+    def as_dict(self) -> dict:
+        return {"experiment": self.experiment, "claim": self.claim, "index": self.index, "group": self.group,
+                "verdict": self.verdict, "k": self.k, "n": self.n, "min_frac": self.min_frac,
+                "per_seed": self.per_seed, "missing": self.missing, "numbers": self.numbers,
+                "detail": self.detail}
+
+
+def interpret(value, n_seeds: int) -> tuple[int, int, bool] | None:
+    """(k, n, per_seed) from a predicate's return value; None means 'cannot tell'."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"returned {type(value).__name__}; return a bool or one bool per seed")
+    if arr.ndim == 0:
+        return int(bool(arr)), 1, False
+    arr = arr.ravel()
+    if len(arr) != n_seeds:
+        raise TypeError(f"returned {len(arr)} values for {n_seeds} seeds; return one bool per seed")
+    return int(np.count_nonzero(arr)), len(arr), True
+
+
+def decide(k: int, n: int, per_seed: bool, min_frac: float, missing: int, n_seeds: int) -> str:
+    """holds / fails / inconclusive. Missing (failed) seeds make a verdict inconclusive if they could flip it."""
+    if n_seeds < MIN_SEEDS:
+        return INCONCLUSIVE
+    if not per_seed:
+        return INCONCLUSIVE if missing else (HOLDS if k else FAILS)
+    total = n + missing
+    worst, best = k / total, (k + missing) / total
+    if worst >= min_frac:
+        return HOLDS
+    if best < min_frac:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def _numbers(rs: ResultSet, metric: str | None) -> str:
+    if not metric:
+        return ""
+    try:
+        s = rs.stats(metric)
+    except ResultError:
+        return ""
+    from expost.fmt import num
+
+    return f"{metric} median {num(s.median)} [{num(s.min)}, {num(s.max)}]"
+
+
+def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int | None = None) -> list[Verdict]:
+    """One verdict per config group (one, unless the claim has `per`)."""
+    selected = rs.where(**claim.where)
+    groups = selected.group_by(claim.per) if claim.per else {None: selected}
+    verdicts = []
+    for value, group in groups.items():
+        label = f"{claim.per}={value}" if claim.per else ""
+        n_seeds = len(group.seeds)
+        missing = max(0, (planned_seeds or n_seeds) - n_seeds)
+        base = dict(experiment=spec.name, claim=claim.text, index=claim.index, group=label,
+                    min_frac=claim.min_frac, missing=missing)
+        try:
+            got = interpret(claim.check(group), n_seeds)
+        except NoRunsError as e:
+            verdicts.append(Verdict(**base, verdict=INCONCLUSIVE, k=0, n=n_seeds, per_seed=True,
+                                    detail=f"missing runs: {e}"))
+            continue
+        except Exception as e:  # the predicate is user code; its failure is reported as a verdict
+            verdicts.append(Verdict(**base, verdict=ERROR, k=0, n=n_seeds, per_seed=True,
+                                    detail=f"{type(e).__name__}: {e}"))
+            continue
+        if got is None:
+            verdicts.append(Verdict(**base, verdict=INCONCLUSIVE, k=0, n=n_seeds, per_seed=True,
+                                    detail="the check returned None"))
+            continue
+        k, n, per_seed = got
+        verdicts.append(Verdict(**base, verdict=decide(k, n, per_seed, claim.min_frac, missing, n_seeds),
+                                k=k, n=n, per_seed=per_seed, numbers=_numbers(group, claim.metric)))
+    return verdicts
+
+
+def evaluate(spec: Spec, rs: ResultSet, planned_seeds: int | None = None) -> list[Verdict]:
+    out = []
+    for claim in spec.claims:
+        out += evaluate_claim(spec, claim, rs, planned_seeds)
+    return out
+
+
+def placeholder_results(spec: Spec, points_and_configs: list[tuple[dict, dict]], seeds: int = 4,
+                        steps: int = 4096) -> ResultSet:
+    """Synthetic results with the declared shapes, to dry-run claims before any real run."""
+    rng = np.random.default_rng(0)
+    records = []
+    series_cache: dict = {}
+    for point, cfg in points_and_configs:
+        for seed in range(1, seeds + 1):
+            scalars = {n: float(rng.uniform(1, 2)) for n, o in spec.outputs.items() if o.kind == "scalar"}
+
+            def load(name, _seed=seed):
+                if (name, _seed) not in series_cache:
+                    series_cache[(name, _seed)] = np.linspace(2.0, 1.0, steps) + 0.01 * _seed
+                return series_cache[(name, _seed)]
+
+            records.append(Record(spec.name, point, cfg, seed, scalars, load))
+    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
+
+
+def dry_run(spec: Spec, points_and_configs: list[tuple[dict, dict]]) -> None:
+    """Fail at load, before any run, when a claim names an unknown output/parameter or raises."""
+    rs = placeholder_results(spec, points_and_configs)
+    for claim in spec.claims:
+        try:
+            selected = rs.where(**claim.where)
+            if not selected.records:
+                raise SpecError(f"{spec.path.name}: CLAIMS[{claim.index}]['where']: {claim.where} matches no config "
+                                f"of the sweep. Fix: use values from SWEEP/PARAMS")
+            groups = selected.group_by(claim.per) if claim.per else {None: selected}
+            for group in groups.values():
+                interpret(claim.check(group), len(group.seeds))
+        except SpecError:
+            raise
+        except ResultError as e:
+            raise SpecError(f"{spec.path.name}: CLAIMS[{claim.index}] ({claim.text[:50]!r}): {e}") from None
+        except Exception as e:
+            raise SpecError(f"{spec.path.name}: CLAIMS[{claim.index}] ({claim.text[:50]!r}) raised "
+                            f"{type(e).__name__}: {e} when checked against placeholder results with the declared "
+                            f"outputs. Fix the check so it only uses declared outputs and parameters") from None
+
+

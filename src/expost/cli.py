@@ -1,0 +1,254 @@
+"""The `expost` command: a thin layer over the library. Each command parses, calls, prints."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from expost import __version__
+from expost.errors import ExpostError, RunFailures
+from expost.workspace import find_workspace
+
+EPILOG = "Exit codes: 0 success; 1 a claim failed, a run failed or an input was invalid; 2 usage error."
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def selection_options(f):
+    """--seeds/--set/--where/--device: which runs a command is about. Written once, used everywhere."""
+    @click.option("--seeds", type=click.IntRange(min=1), default=None,
+                  help="Number of seeds (1..N); default: each experiment's SEEDS.")
+    @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
+                  help="Override a parameter (type-checked against its default). Repeatable.")
+    @click.option("--where", multiple=True, metavar="KEY=VALUE",
+                  help="Only configs whose parameter KEY equals VALUE. Repeatable.")
+    @click.option("--device", default="cpu", show_default=True,
+                  help="Device for experiments with a 'device' parameter (cpu, cuda, cuda:1).")
+    @functools.wraps(f)
+    def wrapper(*args, seeds, set_, where, device, **kwargs):
+        from expost.pipeline import Selection
+        from expost.plan import parse_assignments
+
+        try:
+            sel = Selection(seeds=seeds, set=parse_assignments(set_, "--set"),
+                            where=parse_assignments(where, "--where"), device=device)
+        except ExpostError as e:
+            raise click.UsageError(str(e)) from None
+        return f(*args, sel=sel, **kwargs)
+    return wrapper
+
+
+def run_options(f):
+    """-j/--jobs, --quiet, --force, --yes."""
+    @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                  help="Parallel worker processes (default: number of cores).")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+    @click.option("--force", is_flag=True, help="Rerun even cached runs.")
+    @click.option("--yes", is_flag=True, help="Confirm a plan larger than the safety limit.")
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+    return wrapper
+
+
+class ExpostGroup(click.Group):
+    """Turns domain errors into one message and exit 1; never a bare traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ExpostError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=ExpostGroup, epilog=EPILOG)
+@click.version_option(__version__, prog_name="expost")
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Workspace folder (default: the nearest folder upwards holding experiments/).")
+@click.pass_context
+def cli(ctx, workspace):
+    """Turn small PyTorch experiments into reproducible posts.
+
+    \b
+    Example:
+        expost run && expost check
+    """
+    ctx.obj = {"workspace": workspace}
+
+
+def workspace_of(ctx):
+    return find_workspace(explicit=ctx.obj.get("workspace"))
+
+
+def _progress(total: int, quiet: bool):
+    if quiet or total == 0 or not sys.stderr.isatty():
+        return None
+    bar = click.progressbar(length=total, label="running", file=sys.stderr, show_pos=True, show_eta=True)
+    bar.__enter__()
+    return bar
+
+
+def _do_runs(ctx, names, sel, jobs, quiet, force, yes):
+    """Plan and run; returns (workspace, specs, plans, outcomes). Raises RunFailures at the end."""
+    from expost import pipeline
+
+    ws = workspace_of(ctx)
+    specs = pipeline.load_specs(ws, names)
+    plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
+    bar = {"b": None}
+    t0 = time.perf_counter()
+
+    def start(n):
+        bar["b"] = _progress(n, quiet)
+
+    def done(_):
+        if bar["b"]:
+            bar["b"].update(1)
+
+    try:
+        outcomes = pipeline.run_all(ws, specs, plans, sel, jobs or default_jobs(), force, done, start)
+    except KeyboardInterrupt:
+        if bar["b"]:
+            bar["b"].__exit__(None, None, None)
+        click.echo("interrupted: completed runs are cached; run the same command again to finish.", err=True)
+        sys.exit(130)
+    if bar["b"]:
+        bar["b"].__exit__(None, None, None)
+    wall = time.perf_counter() - t0
+    total = sum(len(p) for p in plans.values())
+    ran = sum(o.ok for o in outcomes)
+    click.echo(f"{total} planned run(s): {total - len(outcomes)} cached, {ran} ran, "
+               f"{len(outcomes) - ran} failed ({wall:.1f} s)", err=True)
+    flagged = [o for o in outcomes if o.ok and o.nonfinite]
+    for o in flagged:
+        click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
+                   f"{', '.join(o.nonfinite)}", err=True)
+    failures = [o for o in outcomes if not o.ok]
+    if failures:
+        raise RunFailures(failures)
+    return ws, specs, plans, outcomes
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("experiments", nargs=-1)
+@selection_options
+@run_options
+@click.option("--explain", is_flag=True, help="Print for each planned run whether it is cached and why not; run nothing.")
+@click.pass_context
+def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
+    """Run experiments over seeds; only runs not in the cache execute.
+
+    \b
+    Examples:
+        expost run                      # every experiment, default seeds
+        expost run scurves --seeds 20 -j 2
+        expost run scurves --set lr=0.01 --where model=factored
+        expost run --explain            # what would run, and why
+    """
+    if explain:
+        from expost import pipeline
+        from expost.cache import Cache
+
+        ws = workspace_of(ctx)
+        specs = pipeline.load_specs(ws, experiments)
+        plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
+        cache = Cache(ws.cache_dir)
+        for spec in specs:
+            for r, reason in pipeline.explain(cache, spec, plans[spec.name]):
+                shown = "rerun (--force)" if force else reason
+                click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{shown}")
+        return
+    _do_runs(ctx, experiments, sel, jobs, quiet, force, yes)
+
+
+def _verdict_table(verdicts) -> list[str]:
+    rows = [("experiment", "claim", "group", "verdict", "k/n", "need", "numbers")]
+    for v in verdicts:
+        text = v.claim if len(v.claim) <= 60 else v.claim[:57] + "..."
+        need = f">={v.min_frac:.0%}" if v.per_seed else "-"
+        extra = v.numbers or v.detail
+        if v.missing:
+            extra = (extra + "; " if extra else "") + f"{v.missing} seed(s) missing"
+        rows.append((v.experiment, text, v.group or "-", v.verdict, v.k_of_n, need, extra))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("experiments", nargs=-1)
+@selection_options
+@click.pass_context
+def check(ctx, experiments, sel):
+    """Evaluate every claim across the cached seeds and print a verdict table.
+
+    Exits 1 if any claim fails (or errors), 0 otherwise. Runs nothing: missing runs make a
+    claim inconclusive; run `expost run` first.
+
+    \b
+    Example:
+        expost run scurves && expost check scurves
+    """
+    from expost import pipeline
+
+    ws = workspace_of(ctx)
+    specs = pipeline.load_specs(ws, experiments)
+    plans = pipeline.plan_runs(specs, sel, confirm_large=False)
+    verdicts = []
+    for spec in specs:
+        verdicts += pipeline.check(ws, spec, plans[spec.name], sel)
+    for line in _verdict_table(verdicts):
+        click.echo(line.rstrip())
+    bad = [v for v in verdicts if v.verdict in ("fails", "error")]
+    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("holds", "fails", "inconclusive", "error")}
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims declared", err=True)
+    if bad:
+        sys.exit(1)
+
+
+@cli.command("list", epilog=EPILOG)
+@click.argument("experiments", nargs=-1)
+@selection_options
+@click.pass_context
+def list_(ctx, experiments, sel):
+    """List experiments: sweep size, seeds, runs cached / planned, and claim verdicts when known.
+
+    \b
+    Example:
+        expost list
+    """
+    from expost import pipeline
+    from expost.cache import Cache
+
+    ws = workspace_of(ctx)
+    specs = pipeline.load_specs(ws, experiments)
+    plans = pipeline.plan_runs(specs, sel, confirm_large=False)
+    cache = Cache(ws.cache_dir)
+    for spec in specs:
+        runs = plans[spec.name]
+        cached = sum(cache.has(r.key) for r in runs)
+        n_cfg = len({r.point for r in runs})
+        seeds = len({r.seed for r in runs})
+        known = pipeline.known_verdicts(ws, spec)
+        if known is None:
+            claims = "claims: run `expost check`"
+        else:
+            counts = {}
+            for v in known:
+                counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
+            claims = "claims: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none")
+        click.echo(f"{spec.name}\t{n_cfg} config(s) x {seeds} seed(s)\t{cached}/{len(runs)} cached\t{claims}")
+
+
+def main():
+    cli(prog_name="expost")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Domain errors. Library code raises these; the CLI turns them into one message and exit 1."""
+
+
+class ExpostError(Exception):
+    """Base class: a problem the user can fix. The message names the file/field/flag and the fix."""
+
+
+class WorkspaceError(ExpostError):
+    """No workspace, or a workspace file that cannot be read."""
+
+
+class SpecError(ExpostError):
+    """An experiment's result spec is invalid (raised at load, before any run)."""
+
+
+class ConfigError(ExpostError):
+    """A --set / --where / --seeds value does not fit the experiment's parameters."""
+
+
+class ResultError(ExpostError):
+    """A result set was asked for something it does not hold."""
+
+
+class NoRunsError(ResultError):
+    """A selection holds no runs (not run yet, failed, or excluded by --where)."""
+
+
+class MissingRunsError(ExpostError):
+    """Rendering needs runs that are not in the cache."""
+
+    def __init__(self, message, missing=()):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+class RunFailures(ExpostError):
+    """One or more runs failed; every completed run is cached."""
+
+    def __init__(self, failures):
+        self.failures = list(failures)
+        lines = [f"{len(self.failures)} run(s) failed:"]
+        for f in self.failures:
+            lines.append(f"  {f.experiment} [{f.config_label}] seed {f.seed}: {f.error} (log: {f.log})")
+        lines.append("Completed runs are cached; fix the error and run again to finish the rest.")
+        super().__init__("\n".join(lines))
+
+
+class TemplateError(ExpostError):
+    """A post template is invalid: names the template file and line."""
+
+
+class PublishError(ExpostError):
+    """An export or publish step was refused."""

@@ -1,0 +1,190 @@
+"""The stages in order, for the CLI: load -> plan -> run -> cache -> results -> claims.
+
+Each function calls one stage's library code and returns data; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from expost import claims as claims_mod
+from expost.cache import Cache, atomic_write_text
+from expost.errors import ConfigError, SpecError
+from expost.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
+from expost.results import Record, ResultSet
+from expost.runner import Outcome, Task, execute
+from expost.spec import Spec, discover, load_full, load_static
+from expost.workspace import Workspace
+
+
+@dataclass
+class Selection:
+    """What the user asked for on the command line."""
+
+    names: tuple = ()
+    seeds: int | None = None
+    set: dict = field(default_factory=dict)  # raw strings, coerced per experiment
+    where: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def load_specs(ws: Workspace, names=(), full: bool = False) -> list[Spec]:
+    paths = discover(ws.experiments_dir)
+    by_name = {p.stem: p for p in paths}
+    for n in names:
+        if n not in by_name:
+            raise SpecError(f"no experiment {n!r} in {ws.rel(ws.experiments_dir)}/. "
+                            f"Available: {', '.join(by_name) or '(none)'}")
+    chosen = [by_name[n] for n in names] if names else paths
+    specs = [load_full(p) if full else load_static(p) for p in chosen]
+    seen = {}
+    for s in specs:
+        if s.name in seen:
+            raise SpecError(f"{s.path.name}: duplicate experiment name {s.name!r}. Rename one of the files.")
+        seen[s.name] = s
+    return specs
+
+
+def validate(spec: Spec, sel: Selection) -> Spec:
+    """Full load (import, CLAIMS) plus a dry run of every claim on placeholder results."""
+    full = spec if spec.module is not None else load_full(spec.path)
+    _overrides(full, sel)  # type-check --set/--where against the parameters
+    # Claims are a property of the file: dry-run them on the declared sweep, not the selection.
+    claims_mod.dry_run(full, configs(full))
+    return full
+
+
+def _overrides(spec: Spec, sel: Selection) -> tuple[dict, dict]:
+    over = {k: coerce(spec, k, v, "--set") for k, v in sel.set.items()}
+    where = {k: coerce(spec, k, v, "--where") for k, v in sel.where.items()}
+    return over, where
+
+
+def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> dict[str, list[PlannedRun]]:
+    plans = {}
+    for spec in specs:
+        over, where = _overrides(spec, sel)
+        runs = plan(spec, sel.seeds, over, where, sel.device)
+        if not runs and where:
+            raise ConfigError(f"--where {', '.join(f'{k}={v}' for k, v in sel.where.items())}: no config of "
+                              f"{spec.name} matches. Sweep points: "
+                              + "; ".join(str(p) for p in spec.points()))
+        plans[spec.name] = runs
+    total = sum(len(r) for r in plans.values())
+    if confirm_large and total > MAX_RUNS_WITHOUT_CONFIRM:
+        raise ConfigError(f"this plan has {total} runs (more than {MAX_RUNS_WITHOUT_CONFIRM}). "
+                          "Narrow it with --where/--seeds, or pass --yes to run them all.")
+    return plans
+
+
+def explain(cache: Cache, spec: Spec, runs: list[PlannedRun]) -> list[tuple[PlannedRun, str]]:
+    """Why each planned run is (not) cached."""
+    index = cache.read_index(spec.name)
+    known_points = {slot.split("|")[0] for slot in index}
+    out = []
+    for run in runs:
+        if cache.has(run.key):
+            out.append((run, "cached"))
+            continue
+        prev = index.get(run.slot)
+        if prev is None:
+            point = run.slot.split("|")[0]
+            if not index:
+                reason = "never run"
+            elif point in known_points:
+                reason = "new seed"
+            else:
+                reason = "new config"
+        else:
+            reasons = [label for field_, label in (("source", "source changed"), ("config", "config changed"),
+                                                   ("env", "environment changed"))
+                       if prev.get(field_) != getattr(run, f"{field_}_hash")]
+            if not reasons:
+                reasons = ["failed last time" if prev.get("status") == "failed" else "cache entry missing or corrupt"]
+            reason = ", ".join(reasons)
+        out.append((run, reason))
+    return out
+
+
+def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> list[PlannedRun]:
+    return list(runs) if force else [r for r in runs if not cache.has(r.key)]
+
+
+def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
+            force: bool = False, on_done: Callable[[Outcome], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> list[Outcome]:
+    """Validate what must run, then run it. Every completed run is cached even if others fail."""
+    cache = Cache(ws.cache_dir)
+    todo = {s.name: missing_runs(cache, plans[s.name], force) for s in specs}
+    tasks = []
+    for spec in specs:
+        if not todo[spec.name]:
+            continue
+        full = validate(spec, sel)  # raises before any run starts
+        outputs = {n: o.kind for n, o in full.outputs.items()}
+        for r in todo[spec.name]:
+            tasks.append(Task(r, str(full.path), outputs, str(cache.root), str(cache.log_path(r.experiment, r.label, r.seed))))
+    if on_start:
+        on_start(len(tasks))
+    outcomes: list[Outcome] = []
+
+    def done(o: Outcome) -> None:
+        outcomes.append(o)
+        if on_done:
+            on_done(o)
+
+    try:
+        execute(tasks, jobs, done)
+    finally:
+        _record(cache, outcomes)
+    return outcomes
+
+
+def _record(cache: Cache, outcomes: list[Outcome]) -> None:
+    by_exp: dict[str, dict] = {}
+    for o in outcomes:
+        r = o.run
+        by_exp.setdefault(r.experiment, {})[r.slot] = {
+            "key": r.key, "source": r.source_hash, "config": r.config_hash, "env": r.env_hash,
+            "status": "ok" if o.ok else "failed"}
+    for exp, records in by_exp.items():
+        cache.update_index(exp, records)
+
+
+def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = True) -> ResultSet:
+    """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
+    cache = Cache(ws.cache_dir)
+    records = []
+    for r in runs:
+        entry = cache.read(r.key, verify=verify)
+        if entry is None:
+            continue
+        m = entry.meta
+        records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
+                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key))
+    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
+
+
+def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list[claims_mod.Verdict]:
+    """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
+    full = validate(spec, sel)
+    rs = results(ws, full, runs)
+    n_planned = len({r.seed for r in runs})
+    verdicts = claims_mod.evaluate(full, rs, n_planned)
+    path = Cache(ws.cache_dir).root / "claims" / f"{spec.name}.json"
+    atomic_write_text(path, json.dumps({"source": spec.source_hash, "seeds": n_planned,
+                                        "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
+    return verdicts
+
+
+def known_verdicts(ws: Workspace, spec: Spec) -> list[dict] | None:
+    """Verdicts from the last `check` of this exact source, if any."""
+    path = Cache(ws.cache_dir).root / "claims" / f"{spec.name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data["verdicts"] if data.get("source") == spec.source_hash else None

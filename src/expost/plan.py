@@ -1,0 +1,162 @@
+"""Plan stage: expand sweeps into configs, apply --set / --where / --seeds, and key every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+from expost import RESULT_FORMAT
+from expost.errors import ConfigError
+from expost.spec import Spec, type_fits
+
+# A sweep larger than this needs --yes: a typo in a sweep should not start a week of runs.
+MAX_RUNS_WITHOUT_CONFIRM = 5000
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (experiment, resolved config, seed) and its cache key."""
+
+    experiment: str
+    point: tuple  # sweep-axis values as sorted (key, value) pairs: the run's identity within a sweep
+    config: tuple  # resolved config as sorted (key, value) pairs
+    seed: int
+    key: str
+    source_hash: str
+    config_hash: str
+    env_hash: str
+
+    @property
+    def cfg(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config}
+
+    @property
+    def point_dict(self) -> dict:
+        return dict(self.point)
+
+    @property
+    def label(self) -> str:
+        return config_label(self.point_dict)
+
+    @property
+    def slot(self) -> str:
+        """Identity that survives edits: experiment, sweep point and seed (used by --explain)."""
+        return f"{canonical(self.point_dict)}|{self.seed}"
+
+
+def config_label(point: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items()) or "default"
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()
+
+
+def _minor(dist: str) -> str:
+    try:
+        return ".".join(metadata.version(dist).split("+")[0].split(".")[:2])
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def env_fingerprint(device: str = "cpu") -> dict:
+    """Coarse environment: what could change numbers. Read without importing torch."""
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "torch": _minor("torch"),
+        "device": device.split(":")[0],
+        "machine": platform.machine(),
+        "format": RESULT_FORMAT,
+    }
+
+
+def parse_assignments(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def coerce(spec: Spec, key: str, text: str, flag: str):
+    """Parse a command-line value to the type of the parameter's default."""
+    if key not in spec.params:
+        raise ConfigError(f"{flag} {key}=...: {spec.name} has no parameter {key!r}. "
+                          f"Allowed: {', '.join(sorted(spec.params))}")
+    default = spec.params[key]
+    try:
+        if isinstance(default, bool):
+            low = text.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value = low in ("true", "1", "yes")
+        elif isinstance(default, int):
+            value = int(text)
+        elif isinstance(default, float):
+            value = float(text)
+        elif isinstance(default, list):
+            value = json.loads(text)
+            if not isinstance(value, list):
+                raise ValueError
+        else:
+            value = text
+    except ValueError:
+        raise ConfigError(f"{flag} {key}={text}: {key} is a {type(default).__name__} "
+                          f"(default {default!r}) in {spec.name}; give a value of that type") from None
+    if not type_fits(default, value):
+        raise ConfigError(f"{flag} {key}={text}: expected a {type(default).__name__} like {default!r}")
+    return value
+
+
+def configs(spec: Spec, overrides: dict | None = None, where: dict | None = None) -> list[tuple[dict, dict]]:
+    """(point, resolved config) for every sweep point, after overrides and selection."""
+    overrides = overrides or {}
+    where = where or {}
+    out = []
+    axes = spec.axes
+    for point in spec.points():
+        cfg = {**spec.params, **point, **overrides}
+        # A run's identity is its value on every axis (defaults filled in), so that overlapping
+        # sweep blocks such as {"rank": [1, 2]} and {"lr": [...]} share their common config.
+        point = {a: cfg[a] for a in axes}
+        if any(cfg[k] != v for k, v in where.items()):
+            continue
+        if (point, cfg) not in out:
+            out.append((point, cfg))
+    return out
+
+
+def plan(spec: Spec, seeds: int | None = None, overrides: dict | None = None, where: dict | None = None,
+         device: str = "cpu", seed_list: list[int] | None = None) -> list[PlannedRun]:
+    """Every run of one experiment, keyed. Seeds are 1..N."""
+    n = spec.seeds if seeds is None else seeds
+    if n < 1:
+        raise ConfigError(f"--seeds {n}: must be at least 1")
+    if "device" in spec.params:
+        overrides = {**(overrides or {}), "device": device}
+    env = env_fingerprint(device)
+    env_hash = digest(env)
+    runs = []
+    for point, cfg in configs(spec, overrides, where):
+        config_hash = digest(cfg)
+        for seed in (seed_list or range(1, n + 1)):
+            key = digest({"experiment": spec.name, "source": spec.source_hash, "config": cfg,
+                          "seed": seed, "env": env})
+            runs.append(PlannedRun(spec.name, _freeze(point, sort=False), _freeze(cfg), seed, key,
+                                   spec.source_hash, config_hash, env_hash))
+    return runs
+
+
+def _freeze(d: dict, sort: bool = True) -> tuple:
+    items = [(k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()]
+    return tuple(sorted(items) if sort else items)

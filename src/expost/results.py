@@ -1,0 +1,140 @@
+"""What templates and claims see: runs selected by config, grouped by an axis, as per-seed arrays."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from expost.errors import NoRunsError, ResultError
+from expost.plan import config_label
+from expost.stats import Comparison, Summary, compare, summarize
+
+
+@dataclass
+class Record:
+    """One completed run as seen by readers of the cache."""
+
+    experiment: str
+    point: dict
+    config: dict
+    seed: int
+    scalars: dict
+    load_series: Callable[[str], np.ndarray]
+    nonfinite: tuple = ()
+    wall_s: float = 0.0
+    key: str = ""
+
+
+def _matches(value, wanted) -> bool:
+    if isinstance(wanted, (list, tuple, set)):
+        return any(_matches(value, w) for w in wanted)
+    if isinstance(value, float) or isinstance(wanted, float):
+        try:
+            return math.isclose(float(value), float(wanted), rel_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return value == wanted
+
+
+class ResultSet:
+    """An immutable selection of runs of one experiment."""
+
+    def __init__(self, records: list[Record], outputs: dict | None = None, experiment: str = ""):
+        self.records = sorted(records, key=lambda r: r.seed)
+        self.outputs = outputs or {}  # name -> kind
+        self.experiment = experiment or (records[0].experiment if records else "")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"<ResultSet {self.experiment}: {len(self.configs)} config(s), {len(self.seeds)} seed(s)>"
+
+    def _new(self, records) -> "ResultSet":
+        return ResultSet(records, self.outputs, self.experiment)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.records})
+
+    @property
+    def configs(self) -> list[dict]:
+        """Distinct sweep points, in first-seen order."""
+        out: list[dict] = []
+        for r in sorted(self.records, key=lambda r: r.seed):
+            if r.point not in out:
+                out.append(r.point)
+        return out
+
+    def where(self, **selection) -> "ResultSet":
+        """Runs whose config matches every key (a list value means any of those)."""
+        if self.records:
+            known = self.records[0].config
+            for k in selection:
+                if k not in known:
+                    raise ResultError(f"{self.experiment}: where({k}=...): no parameter {k!r}; "
+                                      f"parameters are {', '.join(sorted(known))}")
+        return self._new([r for r in self.records if all(_matches(r.config[k], v) for k, v in selection.items())])
+
+    def group_by(self, axis: str) -> dict:
+        """axis value -> ResultSet, in the order the values appear in the sweep."""
+        groups: dict = {}
+        for r in self.records:
+            if axis not in r.config:
+                raise ResultError(f"{self.experiment}: group_by({axis!r}): no parameter {axis!r}; "
+                                  f"parameters are {', '.join(sorted(r.config))}")
+            groups.setdefault(r.config[axis], []).append(r)
+        order = {}
+        for r in self.records:  # keep sweep order, not seed order
+            order.setdefault(r.config[axis], len(order))
+        return {k: self._new(v) for k, v in sorted(groups.items(), key=lambda kv: order[kv[0]])}
+
+    def _check_output(self, name: str, kind: str) -> None:
+        if self.outputs and name not in self.outputs:
+            raise ResultError(f"{self.experiment}: no output {name!r}; declared outputs: {', '.join(self.outputs)}")
+        if self.outputs and self.outputs[name] != kind:
+            raise ResultError(f"{self.experiment}: output {name!r} is a {self.outputs[name]}, not a {kind}; "
+                              f"use .{self.outputs[name]}({name!r})")
+
+    def _single(self, what: str) -> None:
+        cfgs = self.configs
+        if len(cfgs) > 1:
+            shown = "; ".join(config_label(c) for c in cfgs[:4]) + (" ..." if len(cfgs) > 4 else "")
+            raise ResultError(f"{self.experiment}: {what} needs one config, this selection has {len(cfgs)} "
+                              f"({shown}); narrow it with .where(...) or use .group_by(axis)")
+        if not self.records:
+            raise NoRunsError(f"{self.experiment}: {what}: no runs match this selection")
+
+    def scalar(self, name: str) -> np.ndarray:
+        """One value per seed (sorted by seed)."""
+        self._check_output(name, "scalar")
+        self._single(f"scalar({name!r})")
+        return np.array([r.scalars[name] for r in self.records], dtype=float)
+
+    def series(self, name: str) -> np.ndarray:
+        """A seeds x steps array (shorter runs padded with NaN)."""
+        self._check_output(name, "series")
+        self._single(f"series({name!r})")
+        arrays = [np.asarray(r.load_series(name), dtype=float) for r in self.records]
+        steps = max(len(a) for a in arrays)
+        out = np.full((len(arrays), steps), np.nan)
+        for i, a in enumerate(arrays):
+            out[i, :len(a)] = a
+        return out
+
+    def stats(self, name: str) -> Summary:
+        return summarize(self.scalar(name))
+
+    def compare(self, other: "ResultSet", name: str) -> Comparison:
+        """Paired comparison of a scalar between two selections over their common seeds."""
+        common = sorted(set(self.seeds) & set(other.seeds))
+        a = self._new([r for r in self.records if r.seed in common]).scalar(name)
+        b = other._new([r for r in other.records if r.seed in common]).scalar(name)
+        return compare(a, b)
+
+    @property
+    def nonfinite_runs(self) -> list[Record]:
+        return [r for r in self.records if r.nonfinite]

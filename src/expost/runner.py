@@ -1,0 +1,227 @@
+"""Run stage: execute planned runs in worker processes and write each result to the cache.
+
+Workers are spawned (safe with torch and CUDA), keep each experiment module imported across the
+runs they execute (torch is imported once per worker, not once per run), and use one torch thread
+each when several run in parallel. A failing run writes its traceback and output to a log and
+never stops the others; every completed run is in the cache before the command returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import multiprocessing
+import os
+import random
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from expost.cache import Cache
+from expost.plan import PlannedRun
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Task:
+    run: PlannedRun
+    script: str
+    outputs: dict  # name -> "series" | "scalar"
+    cache_root: str
+    log: str
+
+
+@dataclass
+class Outcome:
+    run: PlannedRun
+    ok: bool
+    wall_s: float = 0.0
+    error: str | None = None
+    log: str | None = None
+    nonfinite: list = field(default_factory=list)
+
+    # flat fields used by RunFailures messages
+    @property
+    def experiment(self):
+        return self.run.experiment
+
+    @property
+    def config_label(self):
+        return self.run.label
+
+    @property
+    def seed(self):
+        return self.run.seed
+
+
+@dataclass
+class Report:
+    planned: int
+    cached: int
+    outcomes: list[Outcome]
+    interrupted: bool = False
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ran(self) -> int:
+        return sum(o.ok for o in self.outcomes)
+
+
+class OutputError(Exception):
+    """The run returned outputs that do not match OUTPUTS."""
+
+
+_MODULES: dict = {}
+_THREADS: int | None = None
+
+
+def _init_worker(threads: int | None) -> None:
+    global _THREADS
+    _THREADS = threads
+    if threads:
+        for var in THREAD_VARS:
+            os.environ[var] = str(threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run could touch: random, numpy, torch and CUDA."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+
+
+def _module(script: str, source_hash: str):
+    from expost.spec import import_script
+
+    key = (script, source_hash)
+    if key not in _MODULES:
+        _MODULES[key] = import_script(Path(script), f"expost_run_{Path(script).stem}_{source_hash[:10]}")
+        torch = sys.modules.get("torch")
+        if torch is not None and _THREADS:
+            torch.set_num_threads(_THREADS)
+    return _MODULES[key]
+
+
+def to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def convert_outputs(returned, declared: dict) -> tuple[dict, dict, list]:
+    """Split a run's return value into scalars and series, checked against OUTPUTS."""
+    if not isinstance(returned, dict):
+        raise OutputError(f"run() returned {type(returned).__name__}; it must return a dict of the declared OUTPUTS")
+    missing = [k for k in declared if k not in returned]
+    extra = [k for k in returned if k not in declared]
+    if missing:
+        raise OutputError(f"declared but not produced: {', '.join(missing)} (return them from run(), or remove them from OUTPUTS)")
+    if extra:
+        raise OutputError(f"produced but not declared: {', '.join(extra)} (declare them in OUTPUTS, or stop returning them)")
+    scalars, series, nonfinite = {}, {}, []
+    for name, kind in declared.items():
+        arr = to_numpy(returned[name])
+        if kind == "scalar":
+            if arr.size != 1:
+                raise OutputError(f"output {name!r} is declared 'scalar' but has shape {arr.shape}")
+            v = arr.reshape(()).item()
+            if isinstance(returned[name], (bool, np.bool_)):
+                v = bool(returned[name])
+            elif isinstance(returned[name], (int, np.integer)):
+                v = int(returned[name])
+            scalars[name] = v
+            if not math.isfinite(float(v)):
+                nonfinite.append(name)
+        else:
+            if arr.ndim != 1 or arr.size == 0:
+                raise OutputError(f"output {name!r} is declared 'series' but has shape {arr.shape}; return a 1-D list or tensor")
+            series[name] = arr
+            if not np.isfinite(arr).all():
+                nonfinite.append(name)
+    return scalars, series, nonfinite
+
+
+def run_task(task: Task) -> Outcome:
+    """Execute one run in this (worker) process and cache its result. Never raises for user errors."""
+    run = task.run
+    buf = io.StringIO()
+    log = Path(task.log)
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            module = _module(task.script, run.source_hash)
+            seed_everything(run.seed)
+            t0 = time.perf_counter()
+            returned = module.run(run.cfg, run.seed)
+        wall = time.perf_counter() - t0
+        scalars, series, nonfinite = convert_outputs(returned, task.outputs)
+    except Exception as e:
+        wall = time.perf_counter() - t0
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"# {run.experiment} [{run.label}] seed {run.seed}\n# config: {run.cfg}\n\n"
+                       f"{buf.getvalue()}\n{traceback.format_exc()}")
+        return Outcome(run, False, wall, f"{type(e).__name__}: {e}", str(log))
+    meta = {"experiment": run.experiment, "config": run.cfg, "point": run.point_dict, "seed": run.seed,
+            "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
+            "nonfinite": nonfinite, "wall_s": round(wall, 4), "source_hash": run.source_hash}
+    Cache(Path(task.cache_root)).write(run.key, meta, series)
+    log.unlink(missing_ok=True)
+    return Outcome(run, True, wall, nonfinite=nonfinite)
+
+
+def make_executor(jobs: int) -> Executor:
+    """Local worker processes; a distributed executor with the same interface can replace this."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(1 if jobs > 1 else None,))
+
+
+def execute(tasks: list[Task], jobs: int, on_done: Callable[[Outcome], None] | None = None,
+            executor_factory: Callable[[int], Executor] = make_executor) -> list[Outcome]:
+    """Run tasks in parallel; return one Outcome per task (interrupted tasks are left out)."""
+    if not tasks:
+        return []
+    outcomes: list[Outcome] = []
+    pool = executor_factory(max(1, min(jobs, len(tasks))))
+    try:
+        pending = {pool.submit(run_task, t): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    outcome = Outcome(task.run, False, error="the worker process died (crash or out of memory)",
+                                      log=None)
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+    except KeyboardInterrupt:
+        _kill(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def _kill(pool) -> None:
+    for proc in list(getattr(pool, "_processes", {}).values() or []):
+        with contextlib.suppress(Exception):
+            proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)

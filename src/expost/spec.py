@@ -1,0 +1,307 @@
+"""Load stage: read an experiment script's result spec and validate it before anything runs.
+
+An experiment is a plain torch script in `experiments/` with module-level data:
+
+    PARAMS  = {...}            # fixed values; every parameter a run sees, with its default
+    SWEEP   = {"axis": [...]}  # optional; a dict (cartesian product) or a list of such dicts
+    SEEDS   = 10               # default number of seeds (1..SEEDS)
+    OUTPUTS = {"loss": "series: ...", "drop_step": "scalar: ..."}
+    CLAIMS  = [{"claim": "...", "check": lambda r: ..., "where": {...}, "per": "axis", "min_frac": 0.8}]
+    def run(cfg, seed): ... return {output name: value}
+
+PARAMS, SWEEP, SEEDS and OUTPUTS must be literals: they are read with `ast` so that planning and
+a no-op build never import torch. CLAIMS and `run` are read by importing the script (`load_full`).
+Files whose name starts with `_` are helper modules, not experiments.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from expost.errors import SpecError
+
+KINDS = ("series", "scalar")
+CLAIM_KEYS = {"claim", "check", "where", "per", "min_frac", "metric"}
+SCALAR_TYPES = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    kind: str  # "series" | "scalar"
+    description: str
+
+
+@dataclass
+class Claim:
+    """A sentence plus a predicate over a ResultSet (one bool, or one bool per seed)."""
+
+    text: str
+    check: Callable[[Any], Any]
+    where: dict = field(default_factory=dict)
+    per: str | None = None
+    min_frac: float = 1.0
+    metric: str | None = None
+    index: int = 0
+
+
+@dataclass
+class Spec:
+    name: str
+    path: Path
+    source_hash: str
+    params: dict
+    sweep: list[dict[str, list]]
+    seeds: int
+    outputs: dict[str, Output]
+    claims: list[Claim] = field(default_factory=list)
+    module: ModuleType | None = None
+
+    @property
+    def axes(self) -> list[str]:
+        """Sweep axes in order of first appearance."""
+        seen: list[str] = []
+        for block in self.sweep:
+            seen.extend(k for k in block if k not in seen)
+        return seen
+
+    def points(self) -> list[dict]:
+        """Every sweep point (values of the axes), in declaration order, without duplicates."""
+        pts: list[dict] = []
+        for block in self.sweep or [{}]:
+            keys = list(block)
+            for values in itertools.product(*(block[k] for k in keys)):
+                p = dict(zip(keys, values))
+                if p not in pts:
+                    pts.append(p)
+        return pts
+
+
+def discover(experiments_dir: Path) -> list[Path]:
+    """Experiment scripts: *.py in experiments/, not starting with '_'."""
+    return sorted(p for p in experiments_dir.glob("*.py") if not p.name.startswith("_"))
+
+
+def _fail(path: Path, field_: str, problem: str, fix: str) -> SpecError:
+    return SpecError(f"{path.name}: {field_}: {problem}. Fix: {fix}")
+
+
+def _literal(path: Path, node: ast.AST, name: str):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise _fail(
+            path, name, f"must be a literal (line {node.lineno})",
+            "write it with plain numbers, strings, lists and dicts so expost can plan without importing torch",
+        ) from None
+
+
+def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) -> list[Path]:
+    """The script plus the workspace-local modules it imports (recursively), for the cache key."""
+    seen = set() if seen is None else seen
+    if path in seen:
+        return []
+    seen.add(path)
+    out = [path]
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return out
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module.split(".")[0]]
+        for name in names:
+            for cand in (experiments_dir / f"{name}.py", experiments_dir / name / "__init__.py"):
+                if cand.exists():
+                    if cand.name == "__init__.py":
+                        for sub in sorted(cand.parent.rglob("*.py")):
+                            out += local_sources(sub, experiments_dir, seen)
+                    else:
+                        out += local_sources(cand, experiments_dir, seen)
+    return out
+
+
+def source_hash(path: Path, experiments_dir: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(set(local_sources(path, experiments_dir))):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def load_static(path: Path) -> Spec:
+    """Read the literal part of the spec without executing the script."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as e:
+        raise SpecError(
+            f"{path.name}:{e.lineno}: syntax error: {e.msg}. Fix the script (python {path.name} shows the same error)."
+        ) from None
+    found: dict[str, Any] = {}
+    has_run = False
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            key = node.targets[0].id
+            if key in ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS"):
+                found[key] = _literal(path, node.value, key)
+        elif isinstance(node, ast.FunctionDef) and node.name == "run":
+            has_run = True
+    if not has_run:
+        raise _fail(path, "run", "no module-level function `run(cfg, seed)`",
+                    "define `def run(cfg, seed):` returning a dict of the declared OUTPUTS")
+    for key in ("PARAMS", "OUTPUTS"):
+        if key not in found:
+            raise _fail(path, key, "missing", f"add a module-level {key} = {{...}} dict")
+    params = _check_params(path, found["PARAMS"])
+    sweep = _check_sweep(path, found.get("SWEEP", {}), params)
+    seeds = found.get("SEEDS", 10)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise _fail(path, "SEEDS", f"{seeds!r} is not a positive integer", "set SEEDS = 10 (or any integer >= 1)")
+    outputs = _check_outputs(path, found["OUTPUTS"])
+    return Spec(
+        name=path.stem, path=path, source_hash=source_hash(path, path.parent),
+        params=params, sweep=sweep, seeds=seeds, outputs=outputs,
+    )
+
+
+def _check_params(path: Path, params) -> dict:
+    if not isinstance(params, dict):
+        raise _fail(path, "PARAMS", "must be a dict of name -> default value", 'write PARAMS = {"lr": 1e-3, ...}')
+    for k, v in params.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise _fail(path, f"PARAMS[{k!r}]", "parameter names must be identifiers", "rename the key")
+        if not _is_value(v):
+            raise _fail(path, f"PARAMS[{k!r}]", f"{v!r} is not a number, string, bool or list of them",
+                        "use plain values; put varying values in SWEEP")
+    return params
+
+
+def _is_value(v) -> bool:
+    if isinstance(v, SCALAR_TYPES):
+        return True
+    return isinstance(v, list) and all(isinstance(x, SCALAR_TYPES) for x in v)
+
+
+def type_fits(default, value) -> bool:
+    """Does `value` have the type of `default`? ints are accepted where floats are expected."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return type(value) is type(default)
+
+
+def _check_sweep(path: Path, sweep, params: dict) -> list[dict]:
+    blocks = sweep if isinstance(sweep, list) else [sweep]
+    if not all(isinstance(b, dict) for b in blocks):
+        raise _fail(path, "SWEEP", "must be a dict of axis -> list of values, or a list of such dicts",
+                    'write SWEEP = {"lr": [1e-3, 1e-2]}')
+    for block in blocks:
+        for axis, values in block.items():
+            if axis not in params:
+                raise _fail(path, f"SWEEP[{axis!r}]", "is not a parameter",
+                            f"add {axis!r} with its default to PARAMS (known: {', '.join(params)})")
+            if not isinstance(values, list) or not values:
+                raise _fail(path, f"SWEEP[{axis!r}]", f"must be a non-empty list of values, got {values!r}",
+                            f'write SWEEP = {{"{axis}": [{params[axis]!r}, ...]}}')
+            for v in values:
+                if not type_fits(params[axis], v):
+                    raise _fail(path, f"SWEEP[{axis!r}]", f"value {v!r} is a {type(v).__name__}, "
+                                f"the default {params[axis]!r} is a {type(params[axis]).__name__}",
+                                "use values of the same type as the default in PARAMS")
+    return [b for b in blocks if b]
+
+
+def _check_outputs(path: Path, outputs) -> dict[str, Output]:
+    if not isinstance(outputs, dict) or not outputs:
+        raise _fail(path, "OUTPUTS", "must be a non-empty dict of name -> 'series: description' or 'scalar: description'",
+                    'write OUTPUTS = {"loss": "series: training loss per step"}')
+    out = {}
+    for name, decl in outputs.items():
+        kind, _, desc = str(decl).partition(":")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise _fail(path, f"OUTPUTS[{name!r}]", "output names must be identifiers", "rename the output")
+        if kind.strip() not in KINDS or not desc.strip():
+            raise _fail(path, f"OUTPUTS[{name!r}]", f"{decl!r} is not 'series: ...' or 'scalar: ...'",
+                        f'write "{name}": "scalar: one line saying what it measures"')
+        out[name] = Output(name, kind.strip(), desc.strip())
+    return out
+
+
+def import_script(path: Path, module_name: str | None = None) -> ModuleType:
+    """Import an experiment script by path, with its folder importable (as `python script.py` does)."""
+    path = Path(path).resolve()
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = module_name or f"expost_experiment_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def load_full(path: Path) -> Spec:
+    """The static spec plus the imported module: `run` and validated CLAIMS."""
+    spec = load_static(path)
+    try:
+        module = import_script(spec.path)
+    except Exception as e:  # the user's script failed at import: report where, not a bare traceback
+        raise SpecError(f"{spec.path.name}: importing the script failed: {type(e).__name__}: {e}. "
+                        f"Run `python experiments/{spec.path.name}` to see the full traceback.") from None
+    if not callable(getattr(module, "run", None)):
+        raise _fail(spec.path, "run", "is not callable", "define `def run(cfg, seed):`")
+    spec.module = module
+    spec.claims = _check_claims(spec, getattr(module, "CLAIMS", []))
+    return spec
+
+
+def _check_claims(spec: Spec, raw) -> list[Claim]:
+    path = spec.path
+    if not isinstance(raw, (list, tuple)):
+        raise _fail(path, "CLAIMS", "must be a list of dicts", 'write CLAIMS = [{"claim": "...", "check": lambda r: ...}]')
+    claims = []
+    for i, c in enumerate(raw):
+        where_ = f"CLAIMS[{i}]"
+        if not isinstance(c, dict):
+            raise _fail(path, where_, "must be a dict", 'write {"claim": "sentence", "check": lambda r: ...}')
+        unknown = set(c) - CLAIM_KEYS
+        if unknown:
+            raise _fail(path, where_, f"unknown key(s) {sorted(unknown)}", f"use only {sorted(CLAIM_KEYS)}")
+        if not isinstance(c.get("claim"), str) or not c["claim"].strip():
+            raise _fail(path, f"{where_}['claim']", "missing sentence", "add \"claim\": \"what the runs show\"")
+        if not callable(c.get("check")):
+            raise _fail(path, f"{where_}['check']", "missing or not callable",
+                        "add \"check\": lambda r: ... returning a bool or one bool per seed")
+        where = c.get("where", {})
+        if not isinstance(where, dict):
+            raise _fail(path, f"{where_}['where']", "must be a dict of parameter -> value", 'write "where": {"rank": 1}')
+        for k in where:
+            if k not in spec.params:
+                raise _fail(path, f"{where_}['where']", f"{k!r} is not a parameter", f"use one of {', '.join(spec.params)}")
+        per = c.get("per")
+        if per is not None and per not in spec.axes:
+            raise _fail(path, f"{where_}['per']", f"{per!r} is not a sweep axis",
+                        f"use one of {', '.join(spec.axes) or '(no sweep axes declared)'}")
+        min_frac = c.get("min_frac", 1.0)
+        if not isinstance(min_frac, (int, float)) or not 0 < min_frac <= 1:
+            raise _fail(path, f"{where_}['min_frac']", f"{min_frac!r} is not in (0, 1]", "use e.g. 0.8 for 8 of 10 seeds")
+        metric = c.get("metric")
+        if metric is not None and metric not in spec.outputs:
+            raise _fail(path, f"{where_}['metric']", f"{metric!r} is not a declared output",
+                        f"use one of {', '.join(spec.outputs)}")
+        claims.append(Claim(c["claim"].strip(), c["check"], dict(where), per, float(min_frac), metric, i))
+    return claims

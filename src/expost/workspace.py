@@ -1,0 +1,80 @@
+"""Where things live: the workspace, its settings, and the cache directory."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expost.errors import WorkspaceError
+
+CACHE_ENV = "EXPOST_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder with `experiments/` (and usually `templates/`); everything is relative to it."""
+
+    root: Path
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def experiments_dir(self) -> Path:
+        return self.root / "experiments"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def publish_dir(self) -> Path:
+        return self.root / "publish"
+
+    @property
+    def cache_dir(self) -> Path:
+        return cache_dir(self.root)
+
+    def rel(self, path: Path) -> str:
+        """A path as shown to users and written to manifests: relative to the workspace."""
+        try:
+            return Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def cache_dir(root: Path) -> Path:
+    """The one place that decides where the cache lives; EXPOST_CACHE_DIR overrides it."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).resolve() if env else root / ".expost"
+
+
+def find_workspace(start: Path | None = None, explicit: Path | None = None) -> Workspace:
+    """The workspace named by --workspace, or the nearest folder upwards holding experiments/."""
+    if explicit is not None:
+        root = Path(explicit).resolve()
+        if not (root / "experiments").is_dir():
+            raise WorkspaceError(
+                f"--workspace {explicit}: no experiments/ folder there. "
+                "Point --workspace at a folder holding experiments/, or create one with `expost new workspace`."
+            )
+        return Workspace(root, load_settings(root))
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "experiments").is_dir():
+            return Workspace(folder, load_settings(folder))
+    raise WorkspaceError(
+        f"no workspace found: neither {here} nor any folder above it holds experiments/. "
+        "cd into a workspace, pass --workspace PATH, or create one with `expost new workspace PATH`."
+    )
+
+
+def load_settings(root: Path) -> dict:
+    """Optional expost.toml: default seeds, image base URL, gist ids."""
+    path = root / "expost.toml"
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise WorkspaceError(f"{path.name}: invalid TOML ({e}). Fix the file or remove it.") from None
