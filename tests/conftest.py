@@ -55,3 +55,7 @@ def expost(ws, tmp_path):
         return Result(r, ran)
 
     return invoke
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-goldens", action="store_true", help="Rewrite tests/golden/* from the current output.")

@@ -27,6 +27,7 @@ class Verdict:
     min_frac: float
     per_seed: bool
     missing: int = 0
+    n_seeds: int = 0
     numbers: str = ""
     detail: str = ""
 
@@ -37,7 +38,7 @@ class Verdict:
     def as_dict(self) -> dict:
         return {"experiment": self.experiment, "claim": self.claim, "index": self.index, "group": self.group,
                 "verdict": self.verdict, "k": self.k, "n": self.n, "min_frac": self.min_frac,
-                "per_seed": self.per_seed, "missing": self.missing, "numbers": self.numbers,
+                "per_seed": self.per_seed, "missing": self.missing, "n_seeds": self.n_seeds, "numbers": self.numbers,
                 "detail": self.detail}
 
 
@@ -93,7 +94,7 @@ def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int |
         n_seeds = len(group.seeds)
         missing = max(0, (planned_seeds or n_seeds) - n_seeds)
         base = dict(experiment=spec.name, claim=claim.text, index=claim.index, group=label,
-                    min_frac=claim.min_frac, missing=missing)
+                    min_frac=claim.min_frac, missing=missing, n_seeds=n_seeds)
         try:
             got = interpret(claim.check(group), n_seeds)
         except NoRunsError as e:

@@ -96,12 +96,19 @@ def _progress(total: int, quiet: bool):
 
 
 def _do_runs(ctx, names, sel, jobs, quiet, force, yes):
-    """Plan and run; returns (workspace, specs, plans, outcomes). Raises RunFailures at the end."""
+    """Plan and run the named experiments."""
     from expost import pipeline
 
     ws = workspace_of(ctx)
     specs = pipeline.load_specs(ws, names)
     plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
+    _execute(ws, specs, plans, sel, jobs, quiet, force)
+
+
+def _execute(ws, specs, plans, sel, jobs, quiet, force):
+    """Run what is missing with a progress bar; summary and flags on stderr; RunFailures at the end."""
+    from expost import pipeline
+
     bar = {"b": None}
     t0 = time.perf_counter()
 
@@ -126,14 +133,13 @@ def _do_runs(ctx, names, sel, jobs, quiet, force, yes):
     ran = sum(o.ok for o in outcomes)
     click.echo(f"{total} planned run(s): {total - len(outcomes)} cached, {ran} ran, "
                f"{len(outcomes) - ran} failed ({wall:.1f} s)", err=True)
-    flagged = [o for o in outcomes if o.ok and o.nonfinite]
-    for o in flagged:
-        click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
-                   f"{', '.join(o.nonfinite)}", err=True)
+    for o in outcomes:
+        if o.ok and o.nonfinite:
+            click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
+                       f"{', '.join(o.nonfinite)}", err=True)
     failures = [o for o in outcomes if not o.ok]
     if failures:
         raise RunFailures(failures)
-    return ws, specs, plans, outcomes
 
 
 @cli.command(epilog=EPILOG)
@@ -244,6 +250,131 @@ def list_(ctx, experiments, sel):
                 counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
             claims = "claims: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none")
         click.echo(f"{spec.name}\t{n_cfg} config(s) x {seeds} seed(s)\t{cached}/{len(runs)} cached\t{claims}")
+
+
+def _post_plans(ctx, posts, sel):
+    from expost import writeup
+    from expost.post import find_posts
+
+    ws = workspace_of(ctx)
+    return ws, [writeup.plan_post(ws, p, sel) for p in find_posts(ws.templates_dir, posts)]
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("posts", nargs=-1)
+@selection_options
+@click.option("--force", is_flag=True, help="Render even if the inputs did not change.")
+@click.pass_context
+def render(ctx, posts, sel, force):
+    """Render posts from the cache into publish/NAME/ (never runs an experiment).
+
+    Lists the runs a post lacks and exits 1 if any are missing.
+
+    \b
+    Example:
+        expost render scurves
+    """
+    from expost import writeup
+
+    ws, pps = _post_plans(ctx, posts, sel)
+    for pp in pps:
+        status = writeup.build_post(ws, pp, sel, force)
+        click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("posts", nargs=-1)
+@selection_options
+@run_options
+@click.pass_context
+def build(ctx, posts, sel, jobs, quiet, force, yes):
+    """Run what is missing, check claims, and render posts into publish/NAME/.
+
+    With nothing changed it only compares hashes: no experiment is imported, no figure drawn.
+    Failed claims are reported in the posts (use `expost check` to gate on them).
+
+    \b
+    Examples:
+        expost build                 # every post in templates/
+        expost build scurves -j 2
+    """
+    from expost import pipeline, writeup
+
+    ws, pps = _post_plans(ctx, posts, sel)
+    todo = [pp for pp in pps if force or not writeup.up_to_date(ws, pp, writeup.render_key(ws, pp, writeup.command_for(pp.post, sel)))]
+    for pp in pps:
+        if pp not in todo:
+            click.echo(f"{pp.post.name}: up to date")
+    if not todo:
+        return
+    specs, plans = {}, {}
+    for pp in todo:
+        for name, spec in pp.specs.items():
+            specs[name] = spec
+            known = {r.key for r in plans.get(name, [])}
+            plans.setdefault(name, []).extend(r for r in pp.plans[name] if r.key not in known)
+    _execute(ws, list(specs.values()), plans, sel, jobs, quiet, force)
+    for pp in todo:
+        status = writeup.build_post(ws, pp, sel, force=True)
+        click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+
+
+@cli.group(epilog=EPILOG)
+def new():
+    """Scaffold a workspace, an experiment or a post that runs and renders out of the box.
+
+    \b
+    Example:
+        expost new workspace my-study && cd my-study && expost build
+    """
+
+
+@new.command("workspace", epilog=EPILOG)
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+def new_workspace(path):
+    """Create a workspace folder with one example experiment and one post.
+
+    \b
+    Example:
+        expost new workspace my-study
+    """
+    from expost import scaffold
+
+    for p in scaffold.new_workspace(path):
+        click.echo(p)
+
+
+@new.command("experiment", epilog=EPILOG)
+@click.argument("name")
+@click.pass_context
+def new_experiment(ctx, name):
+    """Create experiments/NAME.py: a small torch script with a result spec.
+
+    \b
+    Example:
+        expost new experiment decay
+    """
+    from expost import scaffold
+
+    ws = find_workspace(explicit=ctx.find_root().obj.get("workspace"))
+    click.echo(scaffold.new_experiment(ws.root, name))
+
+
+@new.command("post", epilog=EPILOG)
+@click.argument("name")
+@click.option("--experiment", "experiment", default=None, help="Experiment the post reports (default: the first one).")
+@click.pass_context
+def new_post(ctx, name, experiment):
+    """Create templates/NAME.md.j2: a post using every helper on one experiment.
+
+    \b
+    Example:
+        expost new post decay-results --experiment decay
+    """
+    from expost import scaffold
+
+    ws = find_workspace(explicit=ctx.find_root().obj.get("workspace"))
+    click.echo(scaffold.new_post(ws, name, experiment))
 
 
 def main():

@@ -1,0 +1,289 @@
+"""Render stage: a post template plus results, verdicts and figures -> markdown.
+
+The renderer never runs experiments: it reads ResultSets and verdicts handed to it. Templates
+render in a sandboxed Jinja environment with StrictUndefined; the helpers below are its globals.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from expost import caveats
+from expost.claims import Verdict
+from expost.codeembed import extract
+from expost.errors import ExpostError, TemplateError
+from expost.fmt import num
+from expost.post import SUFFIX, Post, split_front_matter
+from expost.results import ResultSet
+from expost.spec import Spec
+from expost.stats import compare as paired_compare
+
+LAYOUT = f"layout{SUFFIX}"
+PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"
+
+
+class PostLoader(jinja2.FileSystemLoader):
+    """Workspace templates first, then the package's layouts; front matter blanked (line numbers kept)."""
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = super().get_source(environment, template)
+        if template.endswith(SUFFIX) and not template.startswith("_") and template != LAYOUT:
+            _, source, _ = split_front_matter(Path(filename), source)
+        return source, filename, uptodate
+
+
+def make_env(templates_dir: Path) -> SandboxedEnvironment:
+    loader = PostLoader([str(templates_dir), str(PACKAGE_LAYOUTS)])
+    env = SandboxedEnvironment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
+                               keep_trailing_newline=True, trim_blocks=False, lstrip_blocks=False)
+    env.filters["num"] = num
+    return env
+
+
+@dataclass
+class Inputs:
+    """Everything a render reads: no cache, no runner."""
+
+    post: Post
+    specs: dict[str, Spec]  # fully loaded (module imported: figure functions)
+    results: dict[str, ResultSet]
+    verdicts: dict[str, list[Verdict]]
+    seeds: dict[str, list[int]]
+    command: str
+
+
+@dataclass
+class Rendered:
+    markdown: str  # the whole post.md
+    body: str  # without the title header (the HTML page sets its own)
+    figures: dict[str, Path] = field(default_factory=dict)  # relative name -> written file
+
+
+class Helpers:
+    """The template helpers. Each returns markdown (or a ResultSet) and never touches the cache."""
+
+    def __init__(self, inputs: Inputs, figures_dir: Path):
+        self.i = inputs
+        self.figures_dir = figures_dir
+        self.figures: dict[str, Path] = {}
+        self.count = 0
+
+    def globals(self) -> dict:
+        return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
+                "claim": self.claim, "caveat": self.caveat, "compare": self.compare,
+                "seed_table": self.seed_table, "post": self.i.post, "num": num}
+
+    def _spec(self, experiment: str) -> Spec:
+        if experiment not in self.i.specs:
+            raise TemplateError(f"experiment {experiment!r} is not in this post's front matter "
+                                f"(experiments: {', '.join(self.i.specs)}); add it there")
+        return self.i.specs[experiment]
+
+    def results(self, experiment: str, **where) -> ResultSet:
+        """results("scurves", rank=1): the experiment's runs, filtered by config."""
+        self._spec(experiment)
+        return self.i.results[experiment].where(**where)
+
+    def stat(self, r: ResultSet, name: str, unit: str = "", kind: str = "median") -> str:
+        """A statistic for prose: 'median 340 steps (95% CI 310–372, n=10)' or 'mean 0.52 ± 0.04 ...'."""
+        s = r.stats(name)
+        u = f" {unit}" if unit else ""
+        if kind == "median":
+            lo, hi = s.median_ci
+            return f"median {num(s.median)}{u} (95% CI {num(lo)}–{num(hi)}, n={s.n})"
+        if kind == "mean":
+            lo, hi = s.mean_ci
+            half = max(s.mean - lo, hi - s.mean)
+            return f"mean {num(s.mean)} ± {num(half, 2)}{u} (95% CI, n={s.n})"
+        if kind == "iqm":
+            return f"interquartile mean {num(s.iqm)}{u} (n={s.n})"
+        if kind == "range":
+            return f"{num(s.min)}–{num(s.max)}{u} (n={s.n})"
+        raise TemplateError(f"stat(kind={kind!r}): use median, mean, iqm or range")
+
+    def code(self, experiment: str, name: str | None = None, region: str | None = None) -> str:
+        """The exact source of a function/class (or a marked region) as a fenced python block."""
+        spec = self._spec(experiment)
+        if (name is None) == (region is None):
+            raise TemplateError("code(): give a function/class name or region=NAME, not both")
+        path = spec.path
+        if name and "." not in name:
+            # look in the workspace modules the experiment imports if the script does not define it
+            from expost.codeembed import symbols
+            from expost.spec import local_sources
+
+            for candidate in local_sources(spec.path, spec.path.parent):
+                if name in symbols(candidate.read_text()):
+                    path = candidate
+                    break
+        return f"```python\n{extract(path, name, region)}\n```"
+
+    def _verdicts(self, experiment: str, which) -> list[Verdict]:
+        spec = self._spec(experiment)
+        claims = spec.claims
+        if isinstance(which, int):
+            if not 0 <= which < len(claims):
+                raise TemplateError(f"claim({experiment!r}, {which}): {experiment} has {len(claims)} claims (0-based)")
+            idx = which
+        else:
+            hits = [c.index for c in claims if str(which).lower() in c.text.lower()]
+            if len(hits) != 1:
+                raise TemplateError(f"claim({experiment!r}, {which!r}): matches {len(hits)} claims; use the index "
+                                    f"or a unique part of the text. Claims: "
+                                    + "; ".join(f"{c.index}: {c.text}" for c in claims))
+            idx = hits[0]
+        return [v for v in self.i.verdicts[experiment] if v.index == idx]
+
+    def claim(self, experiment: str, which) -> str:
+        """The claim sentence with its verdict: '... — holds in 9 of 10 seeds.'"""
+        vs = self._verdicts(experiment, which)
+        text = vs[0].claim if vs else self._spec(experiment).claims[which].text
+        return f"**Claim:** {text} — *{'; '.join(caveats.claim_sentence(v) for v in vs)}.*"
+
+    def caveat(self, r: ResultSet, name: str, unit: str = "", by: str | None = None) -> str:
+        """The seed-variance caveats that apply to a quantity (empty when none do)."""
+        groups = r.group_by(by) if by else {None: r}
+        out = []
+        for value, g in groups.items():
+            for sentence in caveats.quantity(g.stats(name), name, unit):
+                out.append(f"{sentence[:-1]} ({by}={value})." if by else sentence)
+        return " ".join(out)
+
+    def compare(self, a: ResultSet, b: ResultSet, name: str, label_a: str, label_b: str, unit: str = "") -> str:
+        """A difference between two conditions, or 'within seed noise' when the intervals overlap."""
+        sa, sb = a.stats(name), b.stats(name)
+        paired = None
+        if a.seeds == b.seeds:
+            paired = paired_compare(a.scalar(name), b.scalar(name))
+        return caveats.difference(name, label_a, sa, label_b, sb, paired, unit)
+
+    def seed_table(self, r: ResultSet, outputs, by: str | None = None) -> str:
+        """A markdown table: one row per seed, one column per output (and per group with `by`)."""
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        groups = r.group_by(by) if by else {None: r}
+        cols, data = [], []
+        for value, g in groups.items():
+            for name in outputs:
+                cols.append(f"{name} ({by}={value})" if by else name)
+                data.append(dict(zip(g.seeds, g.scalar(name))))
+        seeds = sorted({s for d in data for s in d})
+        lines = ["| seed | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
+        for s in seeds:
+            lines.append(f"| {s} | " + " | ".join(num(d[s]) if s in d else "–" for d in data) + " |")
+        return "\n".join(lines)
+
+    def figure(self, r: ResultSet, kind: str, output: str | None = None, by: str | None = None,
+               caption: str = "", logy: bool = False, logx: bool = False, alt: str | None = None,
+               ylabel: str | None = None, xlabel: str | None = None) -> str:
+        """Draw a figure (a named kind, or a figure function of the experiment) and return its markdown."""
+        from expost import figures
+
+        self.count += 1
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{kind}-{output or ''}-{by or ''}".lower()).strip("-")
+        rel = f"figures/fig{self.count}-{slug}.png"
+        path = self.figures_dir.parent / rel
+        spec = self._spec(r.experiment)
+        groups = r.group_by(by) if by else {None: r}
+        label = lambda v: f"{by}={num(v) if isinstance(v, float) else v}" if by else (output or "")
+        n = len(r.seeds)
+        if kind in ("curves", "scalar", "seeds", "panels") and output is None:
+            raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
+        if kind == "curves":
+            figures.curves(path, {label(v): g.series(output) for v, g in groups.items()},
+                           ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
+        elif kind == "scalar":
+            if not by:
+                raise TemplateError("figure(kind='scalar') needs by=AXIS: the conditions on the x axis")
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in groups)
+            cond = {(v if numeric else label(v)): g.scalar(output) for v, g in groups.items()}
+            figures.scalar_by_condition(path, cond, ylabel=ylabel or output, xlabel=xlabel or by, logy=logy,
+                                        logx=logx, numeric_x=numeric)
+            what = f"Each point is one of {n} seeds; bars: median and its 95% bootstrap CI"
+        elif kind == "seeds":
+            single = groups[next(iter(groups))] if len(groups) == 1 else r
+            arr = single.series(output)
+            figures.small_multiples(path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
+                                    ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            what = f"One panel per seed ({n} seeds)"
+        elif kind == "panels":
+            figures.small_multiples(path, {label(v): g.series(output) for v, g in groups.items()},
+                                    ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            what = f"One panel per condition; each line is one of {n} seeds"
+        else:
+            fn = getattr(spec.module, kind, None)
+            if not callable(fn):
+                raise TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
+                                    f"and not a function in {spec.path.name}")
+            figures.custom(path, fn, r)
+            what = f"{n} seeds"
+        self.figures[rel] = path
+        alt_text = alt or f"{kind} of {output or kind}" + (f" by {by}" if by else "")
+        cap = caption.strip().rstrip(".")
+        cap = f"{cap}. " if cap else ""
+        return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _template_line(tb, filename: str) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
+    """Render one post's markdown into out_dir (figures under out_dir/figures)."""
+    env = make_env(templates_dir)
+    helpers = Helpers(inputs, out_dir / "figures")
+    env.globals.update(helpers.globals())
+    post = inputs.post
+    filename = str(post.path)
+    try:
+        template = env.get_template(post.path.name)
+        body = template.render()
+        layout = env.get_template(LAYOUT)
+        text = layout.render(post=post, body=body.strip(), repro=_repro(inputs))
+    except jinja2.TemplateSyntaxError as e:
+        where = Path(e.filename or filename).name
+        raise TemplateError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
+    except (jinja2.UndefinedError, ExpostError, jinja2.TemplateError) as e:
+        line = _template_line(sys.exc_info()[2], filename)
+        loc = f"{post.path.name}:{line}" if line else post.path.name
+        hint = " (a typo? helpers: results, stat, figure, code, claim, caveat, compare, seed_table)" \
+            if isinstance(e, jinja2.UndefinedError) else ""
+        raise TemplateError(f"{loc}: {e}{hint}") from None
+    header = f"# {post.title}\n\n*{post.summary}*\n\n"
+    body = text.strip() + "\n"
+    return Rendered(header + body, body, helpers.figures)
+
+
+def _repro(inputs: Inputs) -> dict:
+    claims, notes = [], []
+    for exp, verdicts in inputs.verdicts.items():
+        for v in verdicts:
+            claims.append({"text": v.claim + (f" ({v.group})" if v.group else ""),
+                           "sentence": caveats.claim_sentence(v).replace(f" ({v.group})", ""),
+                           "verdict": v.verdict, "numbers": v.numbers})
+    for exp, rs in inputs.results.items():
+        seeds = inputs.seeds[exp]
+        bad = rs.nonfinite_runs
+        if bad:
+            notes.append(f"{exp}: {len(bad)} of {len(rs)} runs diverged (NaN/inf) and are flagged in the numbers.")
+        if len(seeds) < caveats.FEW_SEEDS:
+            notes.append(f"{exp}: only {len(seeds)} seeds: too few to judge seed variance.")
+    seed_text = "; ".join(f"{exp}: {_seed_range(s)}" for exp, s in inputs.seeds.items())
+    return {"claims": claims, "notes": notes, "seeds": seed_text, "command": inputs.command}
+
+
+def _seed_range(seeds: list[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{len(seeds)} seeds ({seeds[0]}–{seeds[-1]})"
+    return f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"

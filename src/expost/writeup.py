@@ -1,0 +1,149 @@
+"""The writeup side of the flow, for the CLI: cached results -> claims -> render -> publish/NAME/.
+
+A post is re-rendered only when the hash of its inputs changes (templates, experiment sources,
+run keys, expost version); the up-to-date check reads no results and imports neither torch nor
+matplotlib. Outputs are staged in a temporary folder and swapped into place, so publish/NAME/
+is always a complete bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from expost import __version__, claims as claims_mod
+from expost.cache import Cache, atomic_write_text, sha256_file
+from expost.errors import MissingRunsError, SpecError
+from expost.pipeline import Selection, load_specs, plan_runs, results, validate
+from expost.plan import PlannedRun, digest
+from expost.post import Post
+from expost.render import PACKAGE_LAYOUTS, Inputs, render
+from expost.spec import Spec
+from expost.workspace import Workspace
+
+
+@dataclass
+class PostPlan:
+    post: Post
+    specs: dict[str, Spec]  # static specs
+    plans: dict[str, list[PlannedRun]]
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        return [r for rs in self.plans.values() for r in rs]
+
+
+def plan_post(ws: Workspace, post: Post, sel: Selection) -> PostPlan:
+    names = {p.stem for p in ws.experiments_dir.glob("*.py")}
+    for exp in post.experiments:
+        if exp not in names:
+            raise SpecError(f"{post.path.name}: front matter experiments: no experiment {exp!r} in experiments/. "
+                            f"Available: {', '.join(sorted(n for n in names if not n.startswith('_')))}")
+    specs = {s.name: s for s in load_specs(ws, tuple(post.experiments))}
+    if post.seeds and sel.seeds is None:
+        sel = Selection(seeds=post.seeds, set=sel.set, where=sel.where, device=sel.device)
+    return PostPlan(post, specs, plan_runs(list(specs.values()), sel))
+
+
+def command_for(post: Post, sel: Selection) -> str:
+    parts = ["expost build", post.name]
+    if sel.seeds:
+        parts.append(f"--seeds {sel.seeds}")
+    parts += [f"--set {k}={v}" for k, v in sel.set.items()]
+    parts += [f"--where {k}={v}" for k, v in sel.where.items()]
+    return " ".join(parts)
+
+
+def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
+    """Hash of everything a render reads."""
+    h = hashlib.sha256()
+    for folder in (ws.templates_dir, PACKAGE_LAYOUTS):
+        for p in sorted(folder.glob("*.j2")):
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    h.update(digest({"post": pp.post.name, "version": __version__, "command": command,
+                     "runs": {e: [r.key for r in rs] for e, rs in sorted(pp.plans.items())},
+                     "sources": {e: s.source_hash for e, s in sorted(pp.specs.items())}}).encode())
+    return h.hexdigest()
+
+
+def _stamp_path(ws: Workspace, post: Post) -> Path:
+    return Cache(ws.cache_dir).root / "renders" / f"{post.name}.json"
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
+    """Same inputs as the last render, and publish/NAME still holds exactly what it wrote."""
+    try:
+        stamp = json.loads(_stamp_path(ws, pp.post).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    out = ws.publish_dir / pp.post.name
+    return stamp.get("key") == key and out.is_dir() and tree_hashes(out) == stamp.get("files")
+
+
+def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
+    cache = Cache(ws.cache_dir)
+    return [r for r in pp.runs if not cache.has(r.key)]
+
+
+def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> None:
+    """Render the post from the cache into `out` (an empty folder). Never runs anything."""
+    lacking = missing(ws, pp)
+    if lacking:
+        shown = "\n".join(f"  {r.experiment} [{r.label}] seed {r.seed}" for r in lacking[:20])
+        more = f"\n  ... and {len(lacking) - 20} more" if len(lacking) > 20 else ""
+        raise MissingRunsError(f"post {pp.post.name}: {len(lacking)} run(s) are not in the cache:\n{shown}{more}\n"
+                               f"Run them with `expost run {' '.join(pp.specs)}` or `expost build {pp.post.name}`.",
+                               lacking)
+    full, rsets, verdicts, seeds = {}, {}, {}, {}
+    for name, spec in pp.specs.items():
+        full[name] = validate(spec, sel)
+        runs = pp.plans[name]
+        rsets[name] = results(ws, full[name], runs)
+        seeds[name] = sorted({r.seed for r in runs})
+        verdicts[name] = claims_mod.evaluate(full[name], rsets[name], len(seeds[name]))
+    inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
+    rendered = render(inputs, ws.templates_dir, out)
+    (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
+    from expost.html import markdown_to_html
+
+    html = markdown_to_html(rendered.body, title=pp.post.title, base_dir=out, summary=pp.post.summary)
+    (out / "post.html").write_text(html, encoding="utf-8")
+
+
+def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False) -> str:
+    """Render into publish/NAME/ unless up to date. Returns 'up to date' or 'rendered'."""
+    command = command_for(pp.post, sel)
+    key = render_key(ws, pp, command)
+    if not force and up_to_date(ws, pp, key):
+        return "up to date"
+    ws.publish_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=ws.publish_dir, prefix=f".{pp.post.name}.stage-"))
+    try:
+        render_to(ws, pp, sel, command, stage)
+        _swap(stage, ws.publish_dir / pp.post.name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    out = ws.publish_dir / pp.post.name
+    atomic_write_text(_stamp_path(ws, pp.post), json.dumps({"key": key, "files": tree_hashes(out)}, indent=1))
+    return "rendered"
+
+
+def _swap(stage: Path, out: Path) -> None:
+    os.chmod(stage, 0o755)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

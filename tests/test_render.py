@@ -1,0 +1,118 @@
+"""The render stage on fixed synthetic results: golden file, helpers, template errors."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expost import caveats
+from expost.claims import evaluate
+from expost.codeembed import extract
+from expost.errors import TemplateError
+from expost.post import load_post
+from expost.render import Inputs, render
+from expost.results import Record, ResultSet
+from expost.spec import load_full
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+
+FINALS = {0.5: [0.12, 0.1, 0.35, 0.11, 0.13, 0.09, 0.12, 0.1, 0.14, 0.11],
+          1.0: [0.01, 0.012, 0.011, 0.009, 0.01, 0.013, 0.011, 0.01, 0.012, 1.5]}
+
+
+def synthetic(spec) -> ResultSet:
+    records = []
+    for rate, finals in FINALS.items():
+        for seed, final in enumerate(finals, start=1):
+            curve = np.exp(-rate * np.arange(20)) * (1 + 0.01 * seed)
+            cfg = {**spec.params, "rate": rate}
+            records.append(Record("toy", {"rate": rate}, cfg, seed, {"final": final}, lambda name, c=curve: c))
+    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, "toy")
+
+
+@pytest.fixture
+def post_ws(tmp_path):
+    root = tmp_path / "ws"
+    (root / "experiments").mkdir(parents=True)
+    shutil.copy(FIXTURES / "toy.py", root / "experiments" / "toy.py")
+    shutil.copytree(FIXTURES / "templates", root / "templates")
+    return root
+
+
+def render_post(root, name="golden", out=None):
+    spec = load_full(root / "experiments" / "toy.py")
+    rs = synthetic(spec)
+    inputs = Inputs(load_post(root / "templates" / f"{name}.md.j2"), {"toy": spec}, {"toy": rs},
+                    {"toy": evaluate(spec, rs, 10)}, {"toy": list(range(1, 11))}, f"expost build {name}")
+    out = out or root / "out"
+    out.mkdir(exist_ok=True)
+    return render(inputs, root / "templates", out), out
+
+
+def test_golden_post(post_ws, request):
+    rendered, out = render_post(post_ws)
+    golden = GOLDEN / "golden.md"
+    if request.config.getoption("--update-goldens"):
+        golden.write_text(rendered.markdown)
+    assert rendered.markdown == golden.read_text(), "rendered post differs; rerun with --update-goldens if intended"
+    assert (out / "figures" / "fig1-curves-curve-rate.png").stat().st_size > 0
+
+
+def test_render_is_deterministic(post_ws, tmp_path):
+    a, out_a = render_post(post_ws, out=tmp_path / "a")
+    b, out_b = render_post(post_ws, out=tmp_path / "b")
+    assert a.markdown == b.markdown
+    for f in a.figures:
+        assert (out_a / f).read_bytes() == (out_b / f).read_bytes()
+
+
+@pytest.mark.parametrize("body,line,fragment", [
+    ("{{ resluts('toy') }}", 7, "'resluts' is undefined"),
+    ("ok\n\n{{ stat(results('toy').where(rate=1.0), 'finale') }}", 9, "no output 'finale'"),
+    ("{{ code('toy', 'nope') }}", 7, "no function or class 'nope'"),
+    ("{% for x in %}", 7, "syntax error"),
+    ("{{ figure(results('toy'), 'curves', 'nope', by='rate') }}", 7, "no output 'nope'"),
+    ("{{ results('scurves') }}", 7, "not in this post's front matter"),
+])
+def test_template_errors_name_file_and_line(post_ws, body, line, fragment):
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n{body}\n")
+    with pytest.raises(TemplateError) as e:
+        render_post(post_ws, "bad")
+    assert f"bad.md.j2:{line}" in str(e.value)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("title: x\n", "missing front matter"),
+    ("---\ntitle: x\nsummary: y\n", "not closed"),
+    ("---\ntitle: x\nsummary: y\n---\n", "needs 'experiments'"),
+    ("---\ntitle: x\nsummary: y\nexperiments: [toy]\nauthor: me\n---\n", "unknown front matter key 'author'"),
+    ("---\ntitle: x\nsummary: y\nexperiments: [toy\n---\n", "unclosed list"),
+])
+def test_front_matter_errors(tmp_path, text, fragment):
+    p = tmp_path / "p.md.j2"
+    p.write_text(text)
+    with pytest.raises(TemplateError, match=fragment.replace("[", r"\[")):
+        load_post(p)
+
+
+def test_code_helper_returns_exact_source_lines():
+    path = FIXTURES / "toy.py"
+    lines = path.read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("def run("))
+    end = next(i for i, l in enumerate(lines) if l.startswith("    return {\"curve\""))
+    assert extract(path, "run") == "\n".join(lines[start:end + 1])
+    with pytest.raises(TemplateError, match="no function or class 'nope' in toy.py; defined: run"):
+        extract(path, "nope")
+
+
+def test_code_helper_regions_and_methods(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("class A:\n    @staticmethod\n    def f():\n        return 1\n\n# region: core\nx = 1\ny = 2\n# endregion\n")
+    assert extract(p, "A.f") == "@staticmethod\ndef f():\n    return 1"
+    assert extract(p, region="core") == "x = 1\ny = 2"
+    with pytest.raises(TemplateError, match="no region 'other'.*regions: core"):
+        extract(p, region="other")
