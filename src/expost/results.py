@@ -80,17 +80,17 @@ class ResultSet:
         return self._new([r for r in self.records if all(_matches(r.config[k], v) for k, v in selection.items())])
 
     def group_by(self, axis: str) -> dict:
-        """axis value -> ResultSet, in the order the values appear in the sweep."""
+        """axis value -> ResultSet: numbers ascending, other values in the order first seen."""
         groups: dict = {}
         for r in self.records:
             if axis not in r.config:
                 raise ResultError(f"{self.experiment}: group_by({axis!r}): no parameter {axis!r}; "
                                   f"parameters are {', '.join(sorted(r.config))}")
             groups.setdefault(r.config[axis], []).append(r)
-        order = {}
-        for r in self.records:  # keep sweep order, not seed order
-            order.setdefault(r.config[axis], len(order))
-        return {k: self._new(v) for k, v in sorted(groups.items(), key=lambda kv: order[kv[0]])}
+        keys = list(groups)
+        if all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in keys):
+            keys.sort()  # numbers ascending (1e-5 ... 0.1), whatever order the sweep listed them in
+        return {k: self._new(groups[k]) for k in keys}
 
     def _check_output(self, name: str, kind: str) -> None:
         if self.outputs and name not in self.outputs:
