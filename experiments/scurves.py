@@ -5,12 +5,17 @@ fit a target C = U V^T with a model Z = X Y^T by full-batch gradient descent on
 L = 1/2 * sum_ij (C_ij - Z_ij)^2. The single-component controls learn the same target with one
 factor fixed to the target's own directions, so the loss is quadratic in what is learned.
 
+The target and the drop measures (drop step, plateau, sharpness) are shared with the other
+low-rank experiments in _lowrank.py.
+
     python experiments/scurves.py          # default config, seed 1; needs only torch
 """
 
 import math
 
 import torch
+
+from _lowrank import drop_stats, make_target
 
 PARAMS = {
     "n": 100,             # matrix size (n x n)
@@ -85,15 +90,6 @@ def first_crossing(curves, level):
     return torch.tensor(out).numpy()
 
 
-def make_target(n, rank, gen, device):
-    """C = U V^T with U, V ~ N(0, 1), and its singular vectors (largest first)."""
-    U = torch.randn(n, rank, generator=gen).to(device)
-    V = torch.randn(n, rank, generator=gen).to(device)
-    C = U @ V.T
-    u, sigma, vh = torch.linalg.svd(C, full_matrices=False)
-    return C, u[:, :rank], sigma[:rank], vh[:rank].T
-
-
 def make_model(kind, n, rank, s, u, v, gen, device):
     """Parameters and a function giving Z from them."""
     if kind == "factored":
@@ -126,19 +122,6 @@ def train(C, params, forward, u, sigma, v, lr, steps):
             learned[t] = torch.einsum("ik,ij,jk->k", u, Z, v) / sigma
     return losses, learned
 # endregion
-
-
-def drop_stats(losses):
-    """Drop step, plateau length and sharpness, all measured relative to the final loss."""
-    start, final = float(losses[0]), float(losses[-1])
-    drop = start - final
-
-    def step_at(frac):  # first step where frac of the total drop is done
-        below = (losses <= start - frac * drop).nonzero()
-        return int(below[0]) if len(below) else len(losses)
-
-    t10, t50, t90 = step_at(0.1), step_at(0.5), step_at(0.9)
-    return {"drop_step": t50, "plateau_steps": t10, "sharpness": t10 / max(t90 - t10, 1)}
 
 
 def run(cfg, seed):
