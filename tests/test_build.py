@@ -48,7 +48,8 @@ def test_build_twice_is_byte_identical_and_complete(post_ws):
     assert r.exit_code == 0, r.output
     out = post_ws / "publish" / "tiny"
     first = tree(out)
-    assert set(first) == {"post.md", "post.html", "figures/fig1-curves-loss-lr.png", "figures/fig2-seeds-loss.png"}
+    assert {"post.md", "post.html", "manifest.json", "figures/fig1-curves-loss-lr.png",
+            "figures/fig2-seeds-loss.png", "gist/README.md"} <= set(first)
     md = first["post.md"].decode()
     assert md.startswith("# Tiny $x^2$ post")
     assert "## Seed variance and reproducibility" in md

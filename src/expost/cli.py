@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from expost import __version__
-from expost.errors import ExpostError, RunFailures
+from expost.errors import ExpostError, PublishError, RunFailures
 from expost.workspace import find_workspace
 
 EPILOG = "Exit codes: 0 success; 1 a claim failed, a run failed or an input was invalid; 2 usage error."
@@ -264,8 +264,9 @@ def _post_plans(ctx, posts, sel):
 @click.argument("posts", nargs=-1)
 @selection_options
 @click.option("--force", is_flag=True, help="Render even if the inputs did not change.")
+@click.option("--allow-secrets", is_flag=True, help="Skip the refusal when the secret scan finds something.")
 @click.pass_context
-def render(ctx, posts, sel, force):
+def render(ctx, posts, sel, force, allow_secrets):
     """Render posts from the cache into publish/NAME/ (never runs an experiment).
 
     Lists the runs a post lacks and exits 1 if any are missing.
@@ -278,33 +279,48 @@ def render(ctx, posts, sel, force):
 
     ws, pps = _post_plans(ctx, posts, sel)
     for pp in pps:
-        status = writeup.build_post(ws, pp, sel, force)
-        click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+        _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force, allow_secrets))
+
+
+def _report_post(ws, pp, status, warnings):
+    click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+    for w in warnings:
+        click.echo(f"warning: {pp.post.name}: {w}", err=True)
 
 
 @cli.command(epilog=EPILOG)
 @click.argument("posts", nargs=-1)
 @selection_options
 @run_options
+@click.option("--check", is_flag=True,
+              help="Render into a scratch folder and exit 1 if publish/ differs (is publish/ up to date?).")
+@click.option("--allow-secrets", is_flag=True, help="Skip the refusal when the secret scan finds something.")
 @click.pass_context
-def build(ctx, posts, sel, jobs, quiet, force, yes):
-    """Run what is missing, check claims, and render posts into publish/NAME/.
+def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
+    """Run what is missing, check claims, render and export posts into publish/NAME/.
 
     With nothing changed it only compares hashes: no experiment is imported, no figure drawn.
-    Failed claims are reported in the posts (use `expost check` to gate on them).
+    Failed claims are reported in the posts (use `expost check` to gate on them). With --check,
+    nothing in publish/ is written: it says whether publish/ matches what the code produces
+    (timing fields in manifests are not compared).
 
     \b
     Examples:
         expost build                 # every post in templates/
         expost build scurves -j 2
+        expost build --check         # in CI: is publish/ up to date?
     """
-    from expost import pipeline, writeup
+    from expost import writeup
 
     ws, pps = _post_plans(ctx, posts, sel)
-    todo = [pp for pp in pps if force or not writeup.up_to_date(ws, pp, writeup.render_key(ws, pp, writeup.command_for(pp.post, sel)))]
-    for pp in pps:
-        if pp not in todo:
-            click.echo(f"{pp.post.name}: up to date")
+    if check:
+        todo = pps
+    else:
+        todo = [pp for pp in pps if force or not writeup.up_to_date(
+            ws, pp, writeup.render_key(ws, pp, writeup.command_for(pp.post, sel)))]
+        for pp in pps:
+            if pp not in todo:
+                click.echo(f"{pp.post.name}: up to date")
     if not todo:
         return
     specs, plans = {}, {}
@@ -314,9 +330,120 @@ def build(ctx, posts, sel, jobs, quiet, force, yes):
             known = {r.key for r in plans.get(name, [])}
             plans.setdefault(name, []).extend(r for r in pp.plans[name] if r.key not in known)
     _execute(ws, list(specs.values()), plans, sel, jobs, quiet, force)
+    stale = []
     for pp in todo:
-        status = writeup.build_post(ws, pp, sel, force=True)
-        click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+        if check:
+            diffs = writeup.check_post(ws, pp, sel)
+            click.echo(f"{pp.post.name}: {'up to date' if not diffs else 'OUT OF DATE'}")
+            for d in diffs:
+                click.echo(f"  {d}")
+            stale += diffs
+        else:
+            _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=True, allow_secrets=allow_secrets))
+    if stale:
+        raise click.ClickException("publish/ does not match what the code produces; run `expost build` and commit publish/")
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("post")
+@click.option("--seeds", "k", type=click.IntRange(min=1), default=None, help="Rerun only the first K seeds (default: all).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel worker processes.")
+@click.pass_context
+def verify(ctx, post, k, jobs):
+    """Rerun a post's seeds without the cache and compare with the recorded results.
+
+    Every scalar and series is identical, within tolerance (relative 1e-5; the largest difference
+    is shown) or drifted. One seed runs twice to tell nondeterminism from drift. Exits 1 on drift.
+
+    \b
+    Example:
+        expost verify scurves --seeds 3
+    """
+    from expost import verify as verify_mod
+    from expost.fmt import num
+    from expost.pipeline import Selection
+
+    ws, pps = _post_plans(ctx, (post,), Selection())
+    report = verify_mod.verify(ws, pps[0], Selection(), k, jobs or default_jobs())
+    for q in report.quantities:
+        extra = "" if q.status == verify_mod.IDENTICAL else f" (largest relative difference {num(q.max_rel)} at {q.where})"
+        click.echo(f"{q.experiment}\t{q.name}\t{q.runs} runs\t{q.status}{extra}")
+    for exp, d in report.nondeterministic.items():
+        if d > 0:
+            click.echo(f"{exp}: NONDETERMINISTIC: the same seed run twice differs (largest relative difference "
+                       f"{num(d)}); differences from the record may be noise, not drift", err=True)
+    if report.failures:
+        raise RunFailures(report.failures)
+    if report.drifted:
+        nondet = any(d > verify_mod.RTOL for d in report.nondeterministic.values())
+        raise click.ClickException("results drifted from the recorded post" + (
+            " (the experiment is nondeterministic: make it deterministic first)" if nondet else
+            ": same seeds, different numbers; something in the code or environment changed"))
+    click.echo("all recorded results reproduced", err=True)
+
+
+@cli.group(epilog=EPILOG)
+def publish():
+    """Publish a built post's bundle.
+
+    \b
+    Example:
+        expost publish gist scurves --dry-run
+    """
+
+
+@publish.command("gist", epilog=EPILOG)
+@click.argument("post")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would be sent; send nothing.")
+@click.option("--remote", default=None, metavar="URL", help="Push the bundle to this git remote instead of a gist.")
+@click.option("--public", is_flag=True, help="Create a public gist (default: secret).")
+@click.option("--allow-secrets", is_flag=True, help="Skip the refusal when the secret scan finds something.")
+@click.pass_context
+def publish_gist(ctx, post, dry_run, remote, public, allow_secrets):
+    """Publish publish/POST/gist/ as a GitHub gist (text by the REST API, figures by git push).
+
+    The first time creates a gist; later runs update the same one (remembered in
+    publish/published.json). post.md's figure links are then rewritten to raw URLs pinned to the
+    pushed commit. The token comes from GITHUB_TOKEN, GH_TOKEN or `gh auth token` and is never
+    printed or written anywhere.
+
+    \b
+    Examples:
+        expost publish gist scurves --dry-run
+        expost publish gist scurves
+        expost publish gist scurves --remote git@github.com:me/scurves-post.git
+    """
+    import json as json_mod
+
+    from expost import gist, writeup
+    from expost.pipeline import Selection
+    from expost.safety import refuse_secrets
+
+    sel = Selection()
+    ws, pps = _post_plans(ctx, (post,), sel)
+    pp = pps[0]
+    _report_post(ws, pp, *writeup.build_post(ws, pp, sel, allow_secrets=allow_secrets))
+    bundle = ws.publish_dir / pp.post.name / "gist"
+    token = None if (dry_run or remote) else gist.get_token()
+    if not allow_secrets:
+        refuse_secrets(bundle, f"publishing {pp.post.name}", extra=[token] if token else [])
+    previous = writeup.published_records(ws).get(pp.post.name)
+    try:
+        record = gist.publish(bundle, record=previous, description=pp.post.title, token=token,
+                              api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
+                              raw_url_template=ws.settings.get("raw_url_template") if remote else None,
+                              dry_run=dry_run, public=public)
+    except PublishError as e:
+        if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
+            writeup.save_published(ws, pp.post.name, e.record)
+        raise
+    if dry_run:
+        click.echo(json_mod.dumps(record.get("dry_run", record), indent=1, sort_keys=True))
+        return
+    writeup.save_published(ws, pp.post.name, record)
+    _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=True, allow_secrets=allow_secrets))
+    click.echo(f"published {pp.post.name}: {record.get('html_url') or record.get('git_url') or remote} "
+               f"at commit {record.get('commit', '')[:12]}")
 
 
 @cli.group(epilog=EPILOG)

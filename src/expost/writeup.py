@@ -18,7 +18,9 @@ from pathlib import Path
 
 from expost import __version__, claims as claims_mod
 from expost.cache import Cache, atomic_write_text, sha256_file
-from expost.errors import MissingRunsError, SpecError
+from expost.errors import MissingRunsError, PublishError, SpecError
+from expost.export import comparable, export
+from expost.safety import refuse_secrets
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.plan import PlannedRun, digest
 from expost.post import Post
@@ -66,6 +68,8 @@ def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
         for p in sorted(folder.glob("*.j2")):
             h.update(p.name.encode() + b"\0" + p.read_bytes())
     h.update(digest({"post": pp.post.name, "version": __version__, "command": command,
+                     "published": published_records(ws).get(pp.post.name),
+                     "settings": {k: ws.settings.get(k) for k in ("image_base_url",)},
                      "runs": {e: [r.key for r in rs] for e, rs in sorted(pp.plans.items())},
                      "sources": {e: s.source_hash for e, s in sorted(pp.specs.items())}}).encode())
     return h.hexdigest()
@@ -94,8 +98,9 @@ def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
     return [r for r in pp.runs if not cache.has(r.key)]
 
 
-def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> None:
-    """Render the post from the cache into `out` (an empty folder). Never runs anything."""
+def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
+    """Render and export the post from the cache into `out` (an empty folder); returns warnings.
+    Never runs anything."""
     lacking = missing(ws, pp)
     if lacking:
         shown = "\n".join(f"  {r.experiment} [{r.label}] seed {r.seed}" for r in lacking[:20])
@@ -117,25 +122,103 @@ def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Pa
 
     html = markdown_to_html(rendered.body, title=pp.post.title, base_dir=out, summary=pp.post.summary)
     (out / "post.html").write_text(html, encoding="utf-8")
+    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post, out), sel.device)
+    return exported.warnings
 
 
-def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False) -> str:
-    """Render into publish/NAME/ unless up to date. Returns 'up to date' or 'rendered'."""
+PUBLISHED = "published.json"
+
+
+def published_records(ws: Workspace) -> dict:
+    """Where each post was published (gist id, commit, raw URLs): publish/published.json."""
+    try:
+        return json.loads((ws.publish_dir / PUBLISHED).read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise PublishError(f"publish/{PUBLISHED} is not valid JSON ({e}); restore it from git") from None
+
+
+def save_published(ws: Workspace, name: str, record: dict) -> None:
+    records = published_records(ws)
+    records[name] = record
+    atomic_write_text(ws.publish_dir / PUBLISHED, json.dumps(records, sort_keys=True, indent=1) + "\n")
+
+
+def image_urls(ws: Workspace, post: Post, out: Path):
+    """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged,
+    else image_base_url from expost.toml, else None (the link stays relative and export warns)."""
+    record = published_records(ws).get(post.name) or {}
+    base = ws.settings.get("image_base_url")
+
+    def url(src: str) -> str | None:
+        name = Path(src).name
+        raw = record.get("raw_urls", {}).get(name)
+        if raw and (out / src).is_file() and record.get("files", {}).get(name) == sha256_file(out / src):
+            return raw
+        if base:
+            return f"{str(base).rstrip('/')}/{post.name}/{src}"
+        return None
+
+    return url
+
+
+def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
+               allow_secrets: bool = False) -> tuple[str, list[str]]:
+    """Render into publish/NAME/ unless up to date. Returns ('up to date' | 'rendered', warnings)."""
     command = command_for(pp.post, sel)
     key = render_key(ws, pp, command)
     if not force and up_to_date(ws, pp, key):
-        return "up to date"
-    ws.publish_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=ws.publish_dir, prefix=f".{pp.post.name}.stage-"))
+        return "up to date", []
+    stage = _stage(ws, pp)
     try:
-        render_to(ws, pp, sel, command, stage)
+        warnings = render_to(ws, pp, sel, command, stage)
+        if not allow_secrets:
+            refuse_secrets(stage, f"export of {pp.post.name}")
         _swap(stage, ws.publish_dir / pp.post.name)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     out = ws.publish_dir / pp.post.name
     atomic_write_text(_stamp_path(ws, pp.post), json.dumps({"key": key, "files": tree_hashes(out)}, indent=1))
-    return "rendered"
+    return "rendered", warnings
+
+
+def check_post(ws: Workspace, pp: PostPlan, sel: Selection) -> list[str]:
+    """Render into a scratch folder and compare with publish/NAME/; returns the differing files."""
+    stage = _stage(ws, pp)
+    try:
+        render_to(ws, pp, sel, command_for(pp.post, sel), stage)
+        return diff_trees(stage, ws.publish_dir / pp.post.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def diff_trees(new: Path, old: Path) -> list[str]:
+    def files(root: Path) -> dict:
+        if not root.is_dir():
+            return {}
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    a, b = files(new), files(old)
+    out = []
+    for name in sorted(set(a) | set(b)):
+        if name not in b:
+            out.append(f"{name}: missing from publish/")
+        elif name not in a:
+            out.append(f"{name}: no longer produced")
+        elif comparable(name, a[name].read_bytes()) != comparable(name, b[name].read_bytes()):
+            out.append(f"{name}: differs")
+    return out
+
+
+def _stage(ws: Workspace, pp: PostPlan) -> Path:
+    try:
+        ws.publish_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=ws.publish_dir, prefix=f".{pp.post.name}.stage-"))
+    except OSError as e:
+        raise PublishError(f"cannot write to {ws.rel(ws.publish_dir)}/ ({e.strerror}); "
+                           "check the folder's permissions") from None
 
 
 def _swap(stage: Path, out: Path) -> None:

@@ -1,0 +1,223 @@
+"""Export stage: a rendered post folder -> forum post.md, gist/ bundle and manifest.json.
+
+Reads what the render stage wrote (post.md with relative figure links, figures/, post.html)
+plus the results it was rendered from; writes:
+- gist/: flat files only (README.md, the experiment scripts and the local modules they import,
+  per-seed results as CSV and JSON, the figures, requirements.txt, manifest.json);
+- post.md: rewritten for the LessWrong / Alignment Forum markdown editor (absolute image URLs);
+- manifest.json: versions, platform, git state of the inputs, command, seeds, configs, cache keys,
+  per-run wall time, claim verdicts and the sha256 of every bundle file. Sorted and stable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from expost import __version__
+from expost.cache import sha256_file
+from expost.errors import PublishError
+from expost.spec import local_sources
+
+MANIFEST_VERSION = 1
+WARN_BYTES = 1_000_000
+MAX_BYTES = 10_000_000
+GISTFILE = re.compile(r"^gistfile\d+", re.IGNORECASE)
+IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()figures/([^)\s]+)(\))")
+# Fields that differ between two honest rebuilds (timings); `build --check` ignores them.
+VOLATILE = ("wall_s",)
+
+
+@dataclass
+class Exported:
+    warnings: list[str] = field(default_factory=list)
+
+
+def dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": dist_version("torch"), "numpy": dist_version("numpy"),
+            "matplotlib": dist_version("matplotlib"), "expost": __version__}
+
+
+def git_state(root: Path, inputs: list[Path]) -> dict:
+    """The last commit that touched the post's inputs, and whether they differ from it."""
+    rels = [str(p.relative_to(root)) for p in inputs]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H", "--", *rels],
+                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *rels],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
+
+
+def _csv(records, axes: list[str], scalars: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*axes, "seed", *scalars])
+    for r in records:
+        w.writerow([*(r.config[a] for a in axes), r.seed, *(repr(float(r.scalars[s])) if isinstance(r.scalars[s], float)
+                                                          else r.scalars[s] for s in scalars)])
+    return buf.getvalue()
+
+
+def _results_json(rs, spec) -> str:
+    runs = []
+    for r in sorted(rs.records, key=lambda r: (json.dumps(r.point, sort_keys=True), r.seed)):
+        runs.append({"config": r.config, "seed": r.seed, "scalars": r.scalars, "key": r.key,
+                     "nonfinite": list(r.nonfinite),
+                     "series_sha256": {n: _series_digest(r, n) for n, o in spec.outputs.items() if o.kind == "series"}})
+    return json.dumps({"experiment": spec.name, "outputs": {n: f"{o.kind}: {o.description}" for n, o in spec.outputs.items()},
+                       "runs": runs}, sort_keys=True, indent=1) + "\n"
+
+
+def _series_digest(record, name: str) -> str:
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(record.load_series(name), dtype=np.float32).tobytes()).hexdigest()
+
+
+def _requirements() -> str:
+    lines = [f"{name}=={v.split('+')[0]}" for name in ("torch", "numpy") if (v := dist_version(name))]
+    return "# the versions that produced these results (python " + platform.python_version() + ")\n" + "\n".join(lines) + "\n"
+
+
+def _add(files: dict, name: str, origin: str) -> None:
+    if GISTFILE.match(name):
+        raise PublishError(f"gist file name {name!r} ({origin}) looks like GitHub's own gistfileN names; rename it")
+    if name in files:
+        raise PublishError(f"gist bundle: {files[name]} and {origin} would both be named {name!r} in the flat gist; "
+                           "rename one of them")
+    files[name] = origin
+
+
+def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, command: str, stage: Path,
+           image_url, device: str = "cpu") -> Exported:
+    """Write gist/, manifest.json and the forum post.md into the staged post folder."""
+    from expost.forum import to_forum_markdown
+
+    out = Exported()
+    gist = stage / "gist"
+    gist.mkdir()
+    names: dict[str, str] = {}
+    relative_md = (stage / "post.md").read_text(encoding="utf-8")
+
+    _add(names, "README.md", "the post")
+    (gist / "README.md").write_text(IMAGE_LINK.sub(r"\1\2\3", relative_md), encoding="utf-8")
+    inputs: list[Path] = [pp.post.path]
+    for name, spec in specs.items():
+        for src in local_sources(spec.path, spec.path.parent):
+            if src in inputs:
+                continue
+            inputs.append(src)
+            _add(names, src.name, ws.rel(src))
+            shutil.copyfile(src, gist / src.name)
+        rs = rsets[name]
+        axes = spec.axes
+        scalars = [n for n, o in spec.outputs.items() if o.kind == "scalar"]
+        records = sorted(rs.records, key=lambda r: (json.dumps(r.point, sort_keys=True), r.seed))
+        for fname, text in ((f"results-{name}.csv", _csv(records, axes, scalars)),
+                            (f"results-{name}.json", _results_json(rs, spec))):
+            _add(names, fname, "per-seed results")
+            (gist / fname).write_text(text, encoding="utf-8")
+    figs = stage / "figures"
+    for fig in sorted(figs.iterdir()) if figs.is_dir() else []:
+        _add(names, fig.name, f"figures/{fig.name}")
+        shutil.copyfile(fig, gist / fig.name)
+    _add(names, "requirements.txt", "pinned versions")
+    (gist / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+    _add(names, "manifest.json", "the manifest")
+
+    forum, warnings = to_forum_markdown(relative_md, image_url)
+    out.warnings += warnings
+    (stage / "post.md").write_text(forum, encoding="utf-8")
+
+    templates = sorted(p for p in ws.templates_dir.glob("*.j2") if p.name.startswith("_") or p.name == "layout.md.j2")
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "post": {"name": pp.post.name, "title": pp.post.title, "template": ws.rel(pp.post.path)},
+        "command": command,
+        "versions": versions(),
+        "platform": {"system": platform.system(), "machine": platform.machine(),
+                     "python_implementation": sys.implementation.name, "device": device},
+        "git": git_state(ws.root, [*inputs, *templates]),
+        "experiments": {
+            name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],
+                   "source_hash": spec.source_hash, "seeds": seeds[name],
+                   "configs": _configs(pp.plans[name]),
+                   "runs": [{"config": r.label, "seed": r.seed, "key": r.key,
+                             "wall_s": _wall(rsets[name], r.key)} for r in pp.plans[name]]}
+            for name, spec in specs.items()},
+        "claims": [v.as_dict() for name in specs for v in verdicts[name]],
+    }
+    figure_files = sorted(figs.iterdir()) if figs.is_dir() else []
+    manifest["files"] = {**{f"gist/{p.name}": sha256_file(p) for p in sorted(gist.iterdir())},
+                         **{f"figures/{p.name}": sha256_file(p) for p in figure_files},
+                         "post.html": sha256_file(stage / "post.html")}
+    text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    (stage / "manifest.json").write_text(text, encoding="utf-8")
+    (gist / "manifest.json").write_text(text, encoding="utf-8")
+    out.warnings += check_gist(gist)
+    return out
+
+
+def _configs(runs) -> list[dict]:
+    seen = []
+    for r in runs:
+        if r.cfg not in seen:
+            seen.append(r.cfg)
+    return seen
+
+
+def _wall(rs, key: str):
+    for r in rs.records:
+        if r.key == key:
+            return r.wall_s
+    return None
+
+
+def check_gist(gist: Path) -> list[str]:
+    """Flat, no oversized files. Returns warnings; raises for what a gist cannot hold."""
+    warnings = []
+    for p in sorted(gist.iterdir()):
+        if p.is_dir():
+            raise PublishError(f"gist bundle {gist}: {p.name}/ is a folder; gists hold flat files only")
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise PublishError(f"gist bundle: {p.name} is {size / 1e6:.1f} MB, over the 10 MB limit; "
+                               "shrink it (fewer seeds in the results, smaller figures)")
+        if size > WARN_BYTES:
+            warnings.append(f"gist bundle: {p.name} is {size / 1e6:.1f} MB (over 1 MB); the gist web view may truncate it")
+    return warnings
+
+
+def comparable(name: str, data: bytes) -> bytes:
+    """File bytes as `build --check` compares them: manifests without timing fields."""
+    if not name.endswith("manifest.json"):
+        return data
+    manifest = json.loads(data)
+    for exp in manifest.get("experiments", {}).values():
+        for run in exp.get("runs", []):
+            for k in VOLATILE:
+                run.pop(k, None)
+    return json.dumps(manifest, sort_keys=True, indent=1).encode()

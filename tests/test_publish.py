@@ -1,0 +1,202 @@
+"""Export, manifest, secret scan, build --check, verify and publishing to a real git remote."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from markdown_it import MarkdownIt
+from mdit_py_plugins.dollarmath import dollarmath_plugin
+from mdit_py_plugins.footnote import footnote_plugin
+
+from expost.cli import cli
+from expost.errors import PublishError
+from expost.export import _add, check_gist
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def post_ws(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    (root / "experiments").mkdir(parents=True)
+    (root / "templates").mkdir()
+    for name in ("tiny_torch.py", "noisy.py"):
+        shutil.copy(FIXTURES / name, root / "experiments")
+    for name in ("tiny.md.j2", "noisy.md.j2"):
+        shutil.copy(FIXTURES / "templates" / name, root / "templates")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "inputs"],
+                   check=True)
+    monkeypatch.chdir(root)
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def parse(md: str):
+    md_it = MarkdownIt("commonmark").enable("table").use(dollarmath_plugin).use(footnote_plugin)
+    return md_it.parse(md)
+
+
+def walk(tokens):
+    for t in tokens:
+        yield t
+        yield from walk(t.children or [])
+
+
+def test_gist_bundle_is_flat_complete_and_consistent(post_ws):
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    gist = post_ws / "publish" / "tiny" / "gist"
+    names = sorted(p.name for p in gist.iterdir())
+    assert all(p.is_file() for p in gist.iterdir())
+    assert names == sorted(["README.md", "tiny_torch.py", "results-tiny_torch.csv", "results-tiny_torch.json",
+                            "fig1-curves-loss-lr.png", "fig2-seeds-loss.png", "requirements.txt", "manifest.json"])
+    readme = (gist / "README.md").read_text()
+    images = [t.attrs["src"] for t in walk(parse(readme)) if t.type == "image"]
+    assert images and all((gist / src).is_file() for src in images)
+    assert (gist / "tiny_torch.py").read_bytes() == (post_ws / "experiments" / "tiny_torch.py").read_bytes()
+    csv = (gist / "results-tiny_torch.csv").read_text().splitlines()
+    assert csv[0] == "lr,seed,final" and len(csv) == 11
+    assert re.match(r"^torch==\d+\.\d+", (gist / "requirements.txt").read_text().splitlines()[1])
+
+
+def test_manifest_records_provenance(post_ws):
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    out = post_ws / "publish" / "tiny"
+    text = (out / "manifest.json").read_text()
+    m = json.loads(text)
+    assert text == json.dumps(m, sort_keys=True, indent=1) + "\n"  # sorted and stable
+    assert set(m["versions"]) == {"python", "torch", "numpy", "matplotlib", "expost"}
+    assert m["git"]["commit"] and m["git"]["dirty"] is False
+    assert m["command"] == "expost build tiny"
+    exp = m["experiments"]["tiny_torch"]
+    assert exp["seeds"] == [1, 2, 3, 4, 5] and len(exp["configs"]) == 2 and len(exp["runs"]) == 10
+    assert all(len(r["key"]) == 64 and r["wall_s"] >= 0 for r in exp["runs"])
+    assert {c["verdict"] for c in m["claims"]} == {"holds"}
+    for rel, digest in m["files"].items():
+        import hashlib
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+    assert str(post_ws) not in text and str(Path.home()) + "/" not in text
+
+
+def test_forum_post_parses_as_lesswrong_markdown(post_ws):
+    (post_ws / "expost.toml").write_text('image_base_url = "https://example.org/posts"\n')
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    md = (post_ws / "publish" / "tiny" / "post.md").read_text()
+    tokens = list(walk(parse(md)))
+    maths = [t.content.strip() for t in tokens if t.type in ("math_inline", "math_block")]
+    assert "L(w) = (w - t)^2" in maths and any("w_{t+1}" in m for m in maths)
+    images = [t.attrs["src"] for t in tokens if t.type == "image"]
+    assert images == ["https://example.org/posts/tiny/figures/fig1-curves-loss-lr.png",
+                      "https://example.org/posts/tiny/figures/fig2-seeds-loss.png"]
+    assert "{{" not in md and "{%" not in md and str(post_ws) not in md
+
+
+def test_relative_images_warn(post_ws):
+    r = invoke("build", "tiny", "-q")
+    assert "relative" in r.stderr and "image_base_url" in r.stderr
+
+
+def test_gist_name_rules():
+    files = {}
+    _add(files, "a.py", "experiments/a.py")
+    with pytest.raises(PublishError, match="would both be named 'a.py'"):
+        _add(files, "a.py", "figures/a.py")
+    with pytest.raises(PublishError, match="gistfileN"):
+        _add(files, "gistfile1.txt", "x")
+
+
+def test_gist_size_limits(tmp_path):
+    (tmp_path / "big.csv").write_bytes(b"x" * 1_500_000)
+    assert "over 1 MB" in check_gist(tmp_path)[0]
+    (tmp_path / "huge.csv").write_bytes(b"x" * 10_500_000)
+    with pytest.raises(PublishError, match="over the 10 MB limit"):
+        check_gist(tmp_path)
+    (tmp_path / "sub").mkdir()
+
+
+def test_secret_in_bundle_is_refused(post_ws):
+    t = post_ws / "templates" / "tiny.md.j2"
+    t.write_text(t.read_text() + "\nMY_API_TOKEN=abcdefgh12345678\n")
+    r = invoke("build", "tiny", "-q")
+    assert r.exit_code == 1
+    assert "looks like a token assignment" in r.output and "post.md:" in r.output
+    assert not (post_ws / "publish" / "tiny").exists()
+    assert invoke("build", "tiny", "-q", "--allow-secrets").exit_code == 0
+
+
+def test_build_check(post_ws):
+    assert invoke("build", "-q").exit_code == 0
+    r = invoke("build", "--check", "-q")
+    assert r.exit_code == 0, r.output
+    assert "tiny: up to date" in r.output
+    post = post_ws / "publish" / "tiny" / "post.md"
+    post.write_text(post.read_text() + "edited\n")
+    r = invoke("build", "--check", "-q")
+    assert r.exit_code == 1
+    assert "post.md: differs" in r.output
+    assert post.read_text().endswith("edited\n")  # --check writes nothing
+
+
+def test_verify_reports_identical_and_drift(post_ws):
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    r = invoke("verify", "tiny", "--seeds", "2")
+    assert r.exit_code == 0, r.output
+    assert "tiny_torch\tfinal\t4 runs\tidentical" in r.output
+    assert "tiny_torch\tloss\t4 runs\tidentical" in r.output
+    path = post_ws / "publish" / "tiny" / "gist" / "results-tiny_torch.json"
+    data = json.loads(path.read_text())
+    data["runs"][0]["scalars"]["final"] *= 1.5
+    path.write_text(json.dumps(data))
+    r = invoke("verify", "tiny", "--seeds", "2")
+    assert r.exit_code == 1
+    assert re.search(r"final\t4 runs\tdrifted \(largest relative difference 0\.33", r.output)
+    assert "results drifted" in r.output
+
+
+def test_verify_tells_nondeterminism(post_ws):
+    assert invoke("build", "noisy", "-q").exit_code == 0
+    r = invoke("verify", "noisy")
+    assert r.exit_code == 1
+    assert "NONDETERMINISTIC" in r.output and "make it deterministic" in r.output
+
+
+def git(*args, cwd=None):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_publish_to_a_git_remote_pins_image_urls(post_ws, tmp_path):
+    remote = tmp_path / "remote.git"
+    git("init", "-q", "--bare", str(remote))
+    (post_ws / "expost.toml").write_text('raw_url_template = "https://example.org/raw/{commit}/{filename}"\n')
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    r = invoke("publish", "gist", "tiny", "--remote", str(remote))
+    assert r.exit_code == 0, r.output
+    first = git("--git-dir", str(remote), "rev-parse", "HEAD")
+    files = git("--git-dir", str(remote), "ls-tree", "--name-only", "HEAD").splitlines()
+    assert "fig1-curves-loss-lr.png" in files and "README.md" in files
+    md = (post_ws / "publish" / "tiny" / "post.md").read_text()
+    images = [t.attrs["src"] for t in walk(parse(md)) if t.type == "image"]
+    assert images == [f"https://example.org/raw/{first}/fig1-curves-loss-lr.png",
+                      f"https://example.org/raw/{first}/fig2-seeds-loss.png"]
+    record = json.loads((post_ws / "publish" / "published.json").read_text())["tiny"]
+    assert record["commit"] == first
+    # publishing again changes nothing
+    assert invoke("publish", "gist", "tiny", "--remote", str(remote)).exit_code == 0
+    assert git("--git-dir", str(remote), "rev-parse", "HEAD") == first
+    # a changed figure: a new commit, new pinned URLs
+    t = post_ws / "templates" / "tiny.md.j2"
+    t.write_text(t.read_text().replace('logy=True, caption="Loss by learning rate"', 'caption="Loss by learning rate"'))
+    assert invoke("publish", "gist", "tiny", "--remote", str(remote)).exit_code == 0
+    second = git("--git-dir", str(remote), "rev-parse", "HEAD")
+    assert second != first
+    md = (post_ws / "publish" / "tiny" / "post.md").read_text()
+    assert f"https://example.org/raw/{second}/fig1-curves-loss-lr.png" in md
+    assert invoke("build", "--check", "-q", "tiny").exit_code == 0
