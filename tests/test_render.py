@@ -75,6 +75,8 @@ def test_render_is_deterministic(post_ws, tmp_path):
     ("{% for x in %}", 7, "syntax error"),
     ("{{ figure(results('toy'), 'curves', 'nope', by='rate') }}", 7, "no output 'nope'"),
     ("{{ results('scurves') }}", 7, "not in this post's front matter"),
+    ("\n{{ 1 / 0 }}", 8, "ZeroDivisionError"),
+    ("{{ claim('toy', 7) }}", 7, "toy has 2 claims"),
 ])
 def test_template_errors_name_file_and_line(post_ws, body, line, fragment):
     head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]

@@ -71,7 +71,7 @@ def test_claim_per_group_k_of_n():
     spec = Spec("t", None, "", {"rate": 0.5}, [{"rate": [0.5, 1.0]}], 5, {})
     claim = Claim("small", lambda r: r.scalar("final") < 1, per="rate", min_frac=0.8)
     v = evaluate_claim(spec, claim, rs)
-    assert [(x.group, x.k, x.n, x.verdict) for x in v] == [("rate=0.5", 4, 5, HOLDS), ("rate=1.0", 5, 5, HOLDS)]
+    assert [(x.group, x.k, x.n, x.verdict) for x in v] == [("rate=0.5", 4, 5, HOLDS), ("rate=1", 5, 5, HOLDS)]
     strict = Claim("small", lambda r: r.scalar("final") < 1, per="rate")
     assert evaluate_claim(spec, strict, rs)[0].verdict == FAILS
     raising = Claim("bad", lambda r: r.scalar("nope"))

@@ -79,7 +79,8 @@ def difference(name: str, label_a: str, sa: Summary, label_b: str, sb: Summary,
     """(b) Two conditions: a difference only when the intervals are apart, else 'within seed noise'."""
     u = f" {unit}" if unit else ""
     ci_a, ci_b = sa.median_ci, sb.median_ci
-    if overlap(ci_a, ci_b) and (paired is None or not paired.significant):
+    apart = not overlap(ci_a, ci_b)
+    if not apart and (paired is None or not paired.significant):
         return (f"The difference in {name} between {label_a} (median {num(sa.median)}{u}) and {label_b} "
                 f"(median {num(sb.median)}{u}) is within seed noise: their 95% intervals overlap.")
     higher, lower = (label_a, label_b) if sa.median > sb.median else (label_b, label_a)
@@ -87,8 +88,10 @@ def difference(name: str, label_a: str, sa: Summary, label_b: str, sb: Summary,
     if paired is not None and paired.n:
         frac = paired.frac_greater if higher == label_a else 1 - paired.frac_greater
         extra = f"; paired by seed, higher in {round(frac * paired.n)} of {paired.n} seeds"
+    why = "95% intervals do not overlap" if apart else \
+        "the intervals overlap, but the 95% CI of the paired difference excludes 0"
     return (f"{name} is higher for {higher} than for {lower} (medians {num(max(sa.median, sb.median))} vs "
-            f"{num(min(sa.median, sb.median))}{u}; 95% intervals do not overlap{extra}).")
+            f"{num(min(sa.median, sb.median))}{u}; {why}{extra}).")
 
 
 def quantity(s: Summary, name: str, unit: str = "") -> list[str]:

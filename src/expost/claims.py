@@ -42,6 +42,13 @@ class Verdict:
                 "detail": self.detail}
 
 
+def value_label(value) -> str:
+    """A config value as shown in labels: floats with sensible figures (1e-5, not 1e-05)."""
+    from expost.fmt import num
+
+    return num(value) if isinstance(value, float) else str(value)
+
+
 def interpret(value, n_seeds: int) -> tuple[int, int, bool] | None:
     """(k, n, per_seed) from a predicate's return value; None means 'cannot tell'."""
     if value is None:
@@ -90,7 +97,7 @@ def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int |
     groups = selected.group_by(claim.per) if claim.per else {None: selected}
     verdicts = []
     for value, group in groups.items():
-        label = f"{claim.per}={value}" if claim.per else ""
+        label = f"{claim.per}={value_label(value)}" if claim.per else ""
         n_seeds = len(group.seeds)
         missing = max(0, (planned_seeds or n_seeds) - n_seeds)
         base = dict(experiment=spec.name, claim=claim.text, index=claim.index, group=label,

@@ -15,7 +15,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from expost import caveats
-from expost.claims import Verdict
+from expost.claims import Verdict, value_label
 from expost.codeembed import extract
 from expost.errors import ExpostError, TemplateError
 from expost.fmt import num
@@ -76,7 +76,7 @@ class Helpers:
 
     def globals(self) -> dict:
         return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
-                "claim": self.claim, "caveat": self.caveat, "compare": self.compare,
+                "claim": self.claim, "verdict": self.verdict, "caveat": self.caveat, "compare": self.compare,
                 "seed_table": self.seed_table, "post": self.i.post, "num": num}
 
     def _spec(self, experiment: str) -> Spec:
@@ -146,13 +146,18 @@ class Helpers:
         text = vs[0].claim if vs else self._spec(experiment).claims[which].text
         return f"**Claim:** {text} — *{'; '.join(caveats.claim_sentence(v) for v in vs)}.*"
 
+    def verdict(self, experiment: str, which) -> str:
+        """A claim's overall verdict: holds, fails, inconclusive, or mixed (its groups disagree)."""
+        kinds = {v.verdict for v in self._verdicts(experiment, which)}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
     def caveat(self, r: ResultSet, name: str, unit: str = "", by: str | None = None) -> str:
         """The seed-variance caveats that apply to a quantity (empty when none do)."""
         groups = r.group_by(by) if by else {None: r}
         out = []
         for value, g in groups.items():
             for sentence in caveats.quantity(g.stats(name), name, unit):
-                out.append(f"{sentence[:-1]} ({by}={value})." if by else sentence)
+                out.append(f"{sentence[:-1]} ({by}={value_label(value)})." if by else sentence)
         return " ".join(out)
 
     def compare(self, a: ResultSet, b: ResultSet, name: str, label_a: str, label_b: str, unit: str = "") -> str:
@@ -170,7 +175,7 @@ class Helpers:
         cols, data = [], []
         for value, g in groups.items():
             for name in outputs:
-                cols.append(f"{name} ({by}={value})" if by else name)
+                cols.append(f"{name} ({by}={value_label(value)})" if by else name)
                 data.append(dict(zip(g.seeds, g.scalar(name))))
         seeds = sorted({s for d in data for s in d})
         lines = ["| seed | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
@@ -190,7 +195,7 @@ class Helpers:
         path = self.figures_dir.parent / rel
         spec = self._spec(r.experiment)
         groups = r.group_by(by) if by else {None: r}
-        label = lambda v: f"{by}={num(v) if isinstance(v, float) else v}" if by else (output or "")
+        label = lambda v: f"{by}={value_label(v)}" if by else (output or "")
         n = len(r.seeds)
         if kind in ("curves", "scalar", "seeds", "panels") and output is None:
             raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
@@ -254,12 +259,16 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
     except jinja2.TemplateSyntaxError as e:
         where = Path(e.filename or filename).name
         raise TemplateError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
-    except (jinja2.UndefinedError, ExpostError, jinja2.TemplateError) as e:
+    except SyntaxError as e:  # Jinja compiled the template to invalid Python (e.g. a[:, -5:])
+        raise TemplateError(f"{post.path.name}: the template compiles to invalid code ({e.msg}); "
+                            "simplify the expression (Jinja supports fewer slicing forms than Python)") from None
+    except Exception as e:  # user template code: report where it failed, never a bare traceback
         line = _template_line(sys.exc_info()[2], filename)
         loc = f"{post.path.name}:{line}" if line else post.path.name
-        hint = " (a typo? helpers: results, stat, figure, code, claim, caveat, compare, seed_table)" \
+        hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)" \
             if isinstance(e, jinja2.UndefinedError) else ""
-        raise TemplateError(f"{loc}: {e}{hint}") from None
+        text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
+        raise TemplateError(f"{loc}: {text}{hint}") from None
     header = f"# {post.title}\n\n*{post.summary}*\n\n"
     body = text.strip() + "\n"
     return Rendered(header + body, body, helpers.figures)

@@ -69,6 +69,16 @@ class ResultSet:
                 out.append(r.point)
         return out
 
+    def param(self, name: str):
+        """The value of a parameter that is the same in every run of this selection."""
+        values = {repr(r.config.get(name)) for r in self.records}
+        if not self.records or name not in self.records[0].config:
+            raise ResultError(f"{self.experiment}: param({name!r}): no such parameter in this selection")
+        if len(values) > 1:
+            raise ResultError(f"{self.experiment}: param({name!r}) differs across this selection "
+                              f"({', '.join(sorted(values))}); narrow it with .where(...)")
+        return self.records[0].config[name]
+
     def where(self, **selection) -> "ResultSet":
         """Runs whose config matches every key (a list value means any of those)."""
         if self.records:
