@@ -284,6 +284,11 @@ def render(ctx, posts, sel, force, allow_secrets):
 
 def _report_post(ws, pp, status, warnings):
     click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+    relative = [w for w in warnings if "is still a relative link" in w]
+    if len(relative) > 1:
+        warnings = [w for w in warnings if w not in relative]
+        warnings.append(f"{len(relative)} figure links in post.md are still relative: set image_base_url in "
+                        "expost.toml or publish the gist first (`expost publish gist NAME`)")
     for w in warnings:
         click.echo(f"warning: {pp.post.name}: {w}", err=True)
 
