@@ -69,6 +69,15 @@ def git_state(root: Path, inputs: list[Path]) -> dict:
     return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
 
 
+def post_inputs(ws, pp) -> list[Path]:
+    """The files a post is built from: its template, shared templates, and the experiment sources."""
+    inputs = [pp.post.path]
+    inputs += sorted(p for p in ws.templates_dir.glob("*.j2") if p.name.startswith("_") or p.name == "layout.md.j2")
+    for spec in pp.specs.values():
+        inputs += [p for p in local_sources(spec.path, spec.path.parent) if p not in inputs]
+    return inputs
+
+
 def _csv(records, axes: list[str], scalars: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -152,7 +161,6 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     out.warnings += warnings
     (stage / "post.md").write_text(forum, encoding="utf-8")
 
-    templates = sorted(p for p in ws.templates_dir.glob("*.j2") if p.name.startswith("_") or p.name == "layout.md.j2")
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "post": {"name": pp.post.name, "title": pp.post.title, "template": ws.rel(pp.post.path)},
@@ -160,7 +168,7 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
         "versions": versions(),
         "platform": {"system": platform.system(), "machine": platform.machine(),
                      "python_implementation": sys.implementation.name, "device": device},
-        "git": git_state(ws.root, [*inputs, *templates]),
+        "git": git_state(ws.root, post_inputs(ws, pp)),
         "experiments": {
             name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],
                    "source_hash": spec.source_hash, "seeds": seeds[name],

@@ -19,7 +19,7 @@ from pathlib import Path
 from expost import __version__, claims as claims_mod
 from expost.cache import Cache, atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
-from expost.export import comparable, export
+from expost.export import comparable, export, git_state, post_inputs
 from expost.safety import refuse_secrets
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.plan import PlannedRun, digest
@@ -90,7 +90,8 @@ def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     out = ws.publish_dir / pp.post.name
-    return stamp.get("key") == key and out.is_dir() and tree_hashes(out) == stamp.get("files")
+    return (stamp.get("key") == key and out.is_dir() and tree_hashes(out) == stamp.get("files")
+            and stamp.get("git") == git_state(ws.root, post_inputs(ws, pp)))
 
 
 def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
@@ -180,7 +181,8 @@ def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
         shutil.rmtree(stage, ignore_errors=True)
         raise
     out = ws.publish_dir / pp.post.name
-    atomic_write_text(_stamp_path(ws, pp.post), json.dumps({"key": key, "files": tree_hashes(out)}, indent=1))
+    stamp = {"key": key, "files": tree_hashes(out), "git": git_state(ws.root, post_inputs(ws, pp))}
+    atomic_write_text(_stamp_path(ws, pp.post), json.dumps(stamp, indent=1))
     return "rendered", warnings
 
 
