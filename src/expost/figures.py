@@ -91,7 +91,20 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
         else:
             extra = {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.05, **extra)
-    _write_atomic(path, buf.getvalue())
+    data = _compact_png(buf.getvalue()) if fmt == "png" else buf.getvalue()
+    _write_atomic(path, data)
+
+
+def _compact_png(data: bytes) -> bytes:
+    """A 256-colour palette PNG: about 2.5x smaller for line plots, visually the same.
+    Median cut without dithering is deterministic, so rebuilds stay byte-identical."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    with Image.open(BytesIO(data)) as im:
+        q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = BytesIO()
+    q.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -8,6 +8,7 @@ is always a complete bundle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,9 +62,20 @@ def command_for(post: Post, sel: Selection) -> str:
     return " ".join(parts)
 
 
-def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
-    """Hash of everything a render reads."""
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """Hash of expost's own code: a new caveat wording or figure style re-renders every post."""
     h = hashlib.sha256()
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".py", ".j2", ".tmpl"):
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
+    """Hash of everything a render reads, expost's own code included."""
+    h = hashlib.sha256(code_hash().encode())
     for folder in (ws.templates_dir, PACKAGE_LAYOUTS):
         for p in sorted(folder.glob("*.j2")):
             h.update(p.name.encode() + b"\0" + p.read_bytes())
