@@ -18,8 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 
 @dataclass
 class Entry:
@@ -33,7 +31,9 @@ class Entry:
     def scalars(self) -> dict:
         return self.meta["scalars"]
 
-    def series(self, name: str) -> np.ndarray:
+    def series(self, name: str):
+        import numpy as np
+
         return np.load(self.dir / f"{name}.npy", allow_pickle=False)
 
 
@@ -73,8 +73,10 @@ class Cache:
     def has(self, key: str) -> bool:
         return (self.entry_dir(key) / "result.json").exists()
 
-    def write(self, key: str, meta: dict, series: dict[str, np.ndarray]) -> None:
+    def write(self, key: str, meta: dict, series: dict) -> None:
         """Write an entry atomically: build it in a temp dir, then rename into place."""
+        import numpy as np
+
         final = self.entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}.", suffix=".tmp"))
@@ -138,11 +140,3 @@ class Cache:
         index = self.read_index(experiment)
         index.update(records)
         atomic_write_text(self.index_path(experiment), json.dumps(index, sort_keys=True, indent=0))
-
-
-def clean_scalar(v) -> float | int | bool:
-    """JSON-safe scalar; NaN/inf kept (flagged elsewhere), as Python's json writes them."""
-    if isinstance(v, (bool, int)):
-        return v
-    f = float(v)
-    return f if math.isfinite(f) else f

@@ -10,12 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from expost import claims as claims_mod
 from expost.cache import Cache, atomic_write_text
 from expost.errors import ConfigError, SpecError
 from expost.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
-from expost.results import Record, ResultSet
-from expost.runner import Outcome, Task, execute
 from expost.spec import Spec, discover, load_full, load_static
 from expost.workspace import Workspace
 
@@ -50,6 +47,8 @@ def load_specs(ws: Workspace, names=(), full: bool = False) -> list[Spec]:
 
 def validate(spec: Spec, sel: Selection) -> Spec:
     """Full load (import, CLAIMS) plus a dry run of every claim on placeholder results."""
+    from expost import claims as claims_mod
+
     full = spec if spec.module is not None else load_full(spec.path)
     _overrides(full, sel)  # type-check --set/--where against the parameters
     # Claims are a property of the file: dry-run them on the declared sweep, not the selection.
@@ -115,8 +114,10 @@ def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> l
 
 def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
             force: bool = False, on_done: Callable[[Outcome], None] | None = None,
-            on_start: Callable[[int], None] | None = None) -> list[Outcome]:
+            on_start: Callable[[int], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
+    from expost.runner import Task, execute
+
     cache = Cache(ws.cache_dir)
     todo = {s.name: missing_runs(cache, plans[s.name], force) for s in specs}
     tasks = []
@@ -129,9 +130,9 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
             tasks.append(Task(r, str(full.path), outputs, str(cache.root), str(cache.log_path(r.experiment, r.label, r.seed))))
     if on_start:
         on_start(len(tasks))
-    outcomes: list[Outcome] = []
+    outcomes: list = []
 
-    def done(o: Outcome) -> None:
+    def done(o) -> None:
         outcomes.append(o)
         if on_done:
             on_done(o)
@@ -143,7 +144,7 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
     return outcomes
 
 
-def _record(cache: Cache, outcomes: list[Outcome]) -> None:
+def _record(cache: Cache, outcomes: list) -> None:
     by_exp: dict[str, dict] = {}
     for o in outcomes:
         r = o.run
@@ -154,8 +155,10 @@ def _record(cache: Cache, outcomes: list[Outcome]) -> None:
         cache.update_index(exp, records)
 
 
-def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = True) -> ResultSet:
+def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = True):
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
+    from expost.results import Record, ResultSet
+
     cache = Cache(ws.cache_dir)
     records = []
     for r in runs:
@@ -168,8 +171,10 @@ def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = Tr
     return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
 
 
-def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list[claims_mod.Verdict]:
+def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list:
     """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
+    from expost import claims as claims_mod
+
     full = validate(spec, sel)
     rs = results(ws, full, runs)
     n_planned = len({r.seed for r in runs})

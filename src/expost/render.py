@@ -25,7 +25,7 @@ from expost.spec import Spec
 from expost.stats import compare as paired_compare
 
 LAYOUT = f"layout{SUFFIX}"
-PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"
+PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"  # the same folder writeup hashes
 
 
 class PostLoader(jinja2.FileSystemLoader):

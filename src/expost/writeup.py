@@ -17,17 +17,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from expost import __version__, claims as claims_mod
+from expost import __version__
 from expost.cache import Cache, atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
-from expost.export import comparable, export, git_state, post_inputs
-from expost.safety import refuse_secrets
+from expost.gitstate import git_state, post_inputs
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.plan import PlannedRun, digest
 from expost.post import Post
-from expost.render import PACKAGE_LAYOUTS, Inputs, render
 from expost.spec import Spec
 from expost.workspace import Workspace
+
+# Rendering, claims, figures and export are imported inside the functions that use them: the
+# up-to-date check of a no-op build needs none of them (nor numpy, jinja2, torch or matplotlib).
+PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"
 
 
 @dataclass
@@ -114,6 +116,10 @@ def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
 def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
     """Render and export the post from the cache into `out` (an empty folder); returns warnings.
     Never runs anything."""
+    from expost import claims as claims_mod
+    from expost.export import export
+    from expost.render import Inputs, render
+
     lacking = missing(ws, pp)
     if lacking:
         shown = "\n".join(f"  {r.experiment} [{r.label}] seed {r.seed}" for r in lacking[:20])
@@ -186,6 +192,8 @@ def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
     stage = _stage(ws, pp)
     try:
         warnings = render_to(ws, pp, sel, command, stage)
+        from expost.safety import refuse_secrets
+
         if not allow_secrets:
             refuse_secrets(stage, f"export of {pp.post.name}")
         _swap(stage, ws.publish_dir / pp.post.name)
@@ -209,6 +217,8 @@ def check_post(ws: Workspace, pp: PostPlan, sel: Selection) -> list[str]:
 
 
 def diff_trees(new: Path, old: Path) -> list[str]:
+    from expost.export import comparable
+
     def files(root: Path) -> dict:
         if not root.is_dir():
             return {}

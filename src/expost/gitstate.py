@@ -1,0 +1,32 @@
+"""Which commit a post's inputs come from: read by the manifest and by the no-op build check."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from expost.spec import local_sources
+
+
+def git_state(root: Path, inputs: list[Path]) -> dict:
+    """The last commit that touched the post's inputs, and whether they differ from it."""
+    rels = [str(p.relative_to(root)) for p in inputs]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H", "--", *rels],
+                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *rels],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
+
+
+def post_inputs(ws, pp) -> list[Path]:
+    """The files a post is built from: its template, shared templates, and the experiment sources."""
+    inputs = [pp.post.path]
+    inputs += sorted(p for p in ws.templates_dir.glob("*.j2") if p.name.startswith("_") or p.name == "layout.md.j2")
+    for spec in pp.specs.values():
+        inputs += [p for p in local_sources(spec.path, spec.path.parent) if p not in inputs]
+    return inputs
