@@ -129,10 +129,13 @@ def _execute(ws, specs, plans, sel, jobs, quiet, force):
     if bar["b"]:
         bar["b"].__exit__(None, None, None)
     wall = time.perf_counter() - t0
-    total = sum(len(p) for p in plans.values())
-    ran = sum(o.ok for o in outcomes)
-    click.echo(f"{total} planned run(s): {total - len(outcomes)} cached, {ran} ran, "
-               f"{len(outcomes) - ran} failed ({wall:.1f} s)", err=True)
+    planned = {r.key for p in plans.values() for r in p}
+    done = {o.run.key: o for o in outcomes if o.run.key in planned}
+    ran = sum(o.ok for o in done.values())
+    extra = sum(o.ok for o in outcomes if o.run.key not in planned)
+    more = f" (+{extra} more seeds of their batch blocks)" if extra else ""
+    click.echo(f"{len(planned)} planned run(s): {len(planned) - len(done)} cached, {ran} ran{more}, "
+               f"{len(done) - ran} failed ({wall:.1f} s)", err=True)
     for o in outcomes:
         if o.ok and o.nonfinite:
             click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "

@@ -116,20 +116,17 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
             force: bool = False, on_done: Callable[[Outcome], None] | None = None,
             on_start: Callable[[int], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
-    from expost.runner import Task, execute
+    from expost.runner import execute
 
     cache = Cache(ws.cache_dir)
     todo = {s.name: missing_runs(cache, plans[s.name], force) for s in specs}
     tasks = []
     for spec in specs:
-        if not todo[spec.name]:
-            continue
-        full = validate(spec, sel)  # raises before any run starts
-        outputs = {n: o.kind for n, o in full.outputs.items()}
-        for r in todo[spec.name]:
-            tasks.append(Task(r, str(full.path), outputs, str(cache.root), str(cache.log_path(r.experiment, r.label, r.seed))))
+        if todo[spec.name]:
+            full = validate(spec, sel)  # raises before any run starts
+            tasks += make_tasks(full, todo[spec.name], cache)
     if on_start:
-        on_start(len(tasks))
+        on_start(sum(len(getattr(t, "runs", (None,))) for t in tasks))
     outcomes: list = []
 
     def done(o) -> None:
@@ -138,10 +135,30 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
             on_done(o)
 
     try:
-        execute(tasks, jobs, done)
+        execute(tasks, jobs, done, sel.device)
     finally:
         _record(cache, outcomes)
     return outcomes
+
+
+def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache) -> list:
+    """One task per run; for an experiment with run_batch, one task per fixed block of seeds
+    (a whole block reruns when any of its seeds is missing, so numbers never depend on history)."""
+    from expost.plan import with_seed
+    from expost.runner import BATCH_BLOCK, BatchTask, Task
+
+    outputs = {n: o.kind for n, o in full.outputs.items()}
+    log = lambda r: str(cache.log_path(r.experiment, r.label, r.seed))
+    if not full.batched:
+        return [Task(r, str(full.path), outputs, str(cache.root), log(r)) for r in runs]
+    blocks: dict = {}
+    for r in runs:
+        blocks.setdefault((r.config, (r.seed - 1) // BATCH_BLOCK), r)
+    tasks = []
+    for (_, block), r in blocks.items():
+        members = tuple(with_seed(r, s) for s in range(block * BATCH_BLOCK + 1, (block + 1) * BATCH_BLOCK + 1))
+        tasks.append(BatchTask(members, str(full.path), outputs, str(cache.root), tuple(log(m) for m in members)))
+    return tasks
 
 
 def _record(cache: Cache, outcomes: list) -> None:

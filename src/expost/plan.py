@@ -50,6 +50,18 @@ class PlannedRun:
         return f"{canonical(self.point_dict)}|{self.seed}"
 
 
+def run_key(experiment: str, source_hash: str, config_hash: str, seed: int, env_hash: str) -> str:
+    return digest({"experiment": experiment, "source": source_hash, "config": config_hash, "seed": seed,
+                   "env": env_hash})
+
+
+def with_seed(run: PlannedRun, seed: int) -> PlannedRun:
+    """The same experiment and config with another seed (its own key)."""
+    return PlannedRun(run.experiment, run.point, run.config, seed,
+                      run_key(run.experiment, run.source_hash, run.config_hash, seed, run.env_hash),
+                      run.source_hash, run.config_hash, run.env_hash)
+
+
 def config_label(point: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()) or "default"
 
@@ -165,9 +177,8 @@ def plan(spec: Spec, seeds: int | None = None, overrides: dict | None = None, wh
     for point, cfg in configs(spec, overrides, where):
         config_hash = digest(cfg)
         for seed in (seed_list or range(1, n + 1)):
-            key = digest({"experiment": spec.name, "source": spec.source_hash, "config": cfg,
-                          "seed": seed, "env": env})
-            runs.append(PlannedRun(spec.name, _freeze(point, sort=False), _freeze(cfg), seed, key,
+            runs.append(PlannedRun(spec.name, _freeze(point, sort=False), _freeze(cfg), seed,
+                                   run_key(spec.name, spec.source_hash, config_hash, seed, env_hash),
                                    spec.source_hash, config_hash, env_hash))
     return runs
 

@@ -40,6 +40,23 @@ class Task:
     log: str
 
 
+@dataclass(frozen=True)
+class BatchTask:
+    """Seeds of one config run by the experiment's run_batch(cfg, seeds) in one vectorised call."""
+
+    runs: tuple  # PlannedRun, same config, ascending seeds
+    script: str
+    outputs: dict
+    cache_root: str
+    logs: tuple
+
+
+# An experiment with run_batch always runs in fixed blocks of seeds (1-10, 11-20, ...): a seed's
+# numbers depend on the batch it ran in (float rounding), so the blocks never depend on -j or on
+# which seeds happened to be missing.
+BATCH_BLOCK = 10
+
+
 @dataclass
 class Outcome:
     run: PlannedRun
@@ -157,6 +174,47 @@ def convert_outputs(returned, declared: dict) -> tuple[dict, dict, list]:
     return scalars, series, nonfinite
 
 
+def _fail_log(log: Path, run: PlannedRun, output: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"# {run.experiment} [{run.label}] seed {run.seed}\n# config: {run.cfg}\n\n"
+                   f"{output}\n{traceback.format_exc()}")
+
+
+def _store(cache_root: str, run: PlannedRun, returned, outputs: dict, wall: float, log: Path) -> Outcome:
+    scalars, series, nonfinite = convert_outputs(returned, outputs)
+    meta = {"experiment": run.experiment, "config": run.cfg, "point": run.point_dict, "seed": run.seed,
+            "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
+            "nonfinite": nonfinite, "wall_s": round(wall, 4), "source_hash": run.source_hash}
+    Cache(Path(cache_root)).write(run.key, meta, series)
+    log.unlink(missing_ok=True)
+    return Outcome(run, True, wall, nonfinite=nonfinite)
+
+
+def run_batch_task(task: BatchTask) -> list[Outcome]:
+    """Execute a block of seeds through run_batch; each seed is validated and cached on its own."""
+    runs = task.runs
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            module = _module(task.script, runs[0].source_hash)
+            seed_everything(runs[0].seed)
+            t0 = time.perf_counter()
+            returned = module.run_batch(runs[0].cfg, [r.seed for r in runs])
+        wall = (time.perf_counter() - t0) / len(runs)
+        if not isinstance(returned, (list, tuple)) or len(returned) != len(runs):
+            raise OutputError(f"run_batch returned {type(returned).__name__} of length "
+                              f"{len(returned) if hasattr(returned, '__len__') else '?'}; "
+                              f"it must return a list with one output dict per seed ({len(runs)})")
+        return [_store(task.cache_root, r, out, task.outputs, wall, Path(log))
+                for r, out, log in zip(runs, returned, task.logs)]
+    except Exception as e:
+        wall = time.perf_counter() - t0
+        for r, log in zip(runs, task.logs):
+            _fail_log(Path(log), r, buf.getvalue())
+        return [Outcome(r, False, wall, f"{type(e).__name__}: {e}", log) for r, log in zip(runs, task.logs)]
+
+
 def run_task(task: Task) -> Outcome:
     """Execute one run in this (worker) process and cache its result. Never raises for user errors."""
     run = task.run
@@ -170,48 +228,46 @@ def run_task(task: Task) -> Outcome:
             t0 = time.perf_counter()
             returned = module.run(run.cfg, run.seed)
         wall = time.perf_counter() - t0
-        scalars, series, nonfinite = convert_outputs(returned, task.outputs)
+        return _store(task.cache_root, run, returned, task.outputs, wall, log)
     except Exception as e:
-        wall = time.perf_counter() - t0
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"# {run.experiment} [{run.label}] seed {run.seed}\n# config: {run.cfg}\n\n"
-                       f"{buf.getvalue()}\n{traceback.format_exc()}")
-        return Outcome(run, False, wall, f"{type(e).__name__}: {e}", str(log))
-    meta = {"experiment": run.experiment, "config": run.cfg, "point": run.point_dict, "seed": run.seed,
-            "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
-            "nonfinite": nonfinite, "wall_s": round(wall, 4), "source_hash": run.source_hash}
-    Cache(Path(task.cache_root)).write(run.key, meta, series)
-    log.unlink(missing_ok=True)
-    return Outcome(run, True, wall, nonfinite=nonfinite)
+        _fail_log(log, run, buf.getvalue())
+        return Outcome(run, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}", str(log))
 
 
-def make_executor(jobs: int) -> Executor:
-    """Local worker processes; a distributed executor with the same interface can replace this."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+def make_executor(jobs: int, device: str = "cpu") -> Executor:
+    """Local worker processes; a distributed executor with the same interface can replace this.
+
+    On Linux with the CPU, workers are forked: they inherit the imported torch instead of paying
+    its import again (as torch's own DataLoader workers do). CUDA cannot survive a fork, and other
+    platforms lack it, so there they are spawned."""
+    method = "fork" if device.startswith("cpu") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
                                initializer=_init_worker, initargs=(1 if jobs > 1 else None,))
 
 
-def execute(tasks: list[Task], jobs: int, on_done: Callable[[Outcome], None] | None = None,
-            executor_factory: Callable[[int], Executor] = make_executor) -> list[Outcome]:
-    """Run tasks in parallel; return one Outcome per task (interrupted tasks are left out)."""
+def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
+            device: str = "cpu") -> list[Outcome]:
+    """Run tasks (Task or BatchTask) in parallel; one Outcome per run (interrupted ones left out)."""
     if not tasks:
         return []
     outcomes: list[Outcome] = []
-    pool = executor_factory(max(1, min(jobs, len(tasks))))
+    pool = make_executor(max(1, min(jobs, len(tasks))), device)
     try:
-        pending = {pool.submit(run_task, t): t for t in tasks}
+        pending = {pool.submit(run_batch_task if isinstance(t, BatchTask) else run_task, t): t for t in tasks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 task = pending.pop(fut)
                 try:
-                    outcome = fut.result()
+                    result = fut.result()
                 except BrokenProcessPool:
-                    outcome = Outcome(task.run, False, error="the worker process died (crash or out of memory)",
-                                      log=None)
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome)
+                    runs = task.runs if isinstance(task, BatchTask) else (task.run,)
+                    result = [Outcome(r, False, error="the worker process died (crash or out of memory)")
+                              for r in runs]
+                for outcome in result if isinstance(result, list) else [result]:
+                    outcomes.append(outcome)
+                    if on_done:
+                        on_done(outcome)
     except KeyboardInterrupt:
         _kill(pool)
         raise

@@ -8,6 +8,7 @@ An experiment is a plain torch script in `experiments/` with module-level data:
     OUTPUTS = {"loss": "series: ...", "drop_step": "scalar: ..."}
     CLAIMS  = [{"claim": "...", "check": lambda r: ..., "where": {...}, "per": "axis", "min_frac": 0.8}]
     def run(cfg, seed): ... return {output name: value}
+    def run_batch(cfg, seeds): ... return [one output dict per seed]     # optional, vectorised
 
 PARAMS, SWEEP, SEEDS and OUTPUTS must be literals: they are read with `ast` so that planning and
 a no-op build never import torch. CLAIMS and `run` are read by importing the script (`load_full`).
@@ -64,6 +65,7 @@ class Spec:
     outputs: dict[str, Output]
     claims: list[Claim] = field(default_factory=list)
     module: ModuleType | None = None
+    batched: bool = False  # defines run_batch(cfg, seeds): many seeds in one vectorised call
 
     @property
     def axes(self) -> list[str]:
@@ -150,7 +152,7 @@ def load_static(path: Path) -> Spec:
             f"{path.name}:{e.lineno}: syntax error: {e.msg}. Fix the script (python {path.name} shows the same error)."
         ) from None
     found: dict[str, Any] = {}
-    has_run = False
+    has_run = has_batch = False
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             key = node.targets[0].id
@@ -158,6 +160,8 @@ def load_static(path: Path) -> Spec:
                 found[key] = _literal(path, node.value, key)
         elif isinstance(node, ast.FunctionDef) and node.name == "run":
             has_run = True
+        elif isinstance(node, ast.FunctionDef) and node.name == "run_batch":
+            has_batch = True
     if not has_run:
         raise _fail(path, "run", "no module-level function `run(cfg, seed)`",
                     "define `def run(cfg, seed):` returning a dict of the declared OUTPUTS")
@@ -172,7 +176,7 @@ def load_static(path: Path) -> Spec:
     outputs = _check_outputs(path, found["OUTPUTS"])
     return Spec(
         name=path.stem, path=path, source_hash=source_hash(path, path.parent),
-        params=params, sweep=sweep, seeds=seeds, outputs=outputs,
+        params=params, sweep=sweep, seeds=seeds, outputs=outputs, batched=has_batch,
     )
 
 

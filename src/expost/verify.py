@@ -18,8 +18,8 @@ import numpy as np
 
 from expost.cache import Cache
 from expost.errors import PublishError
-from expost.pipeline import validate
-from expost.runner import Task, execute
+from expost.pipeline import make_tasks, validate
+from expost.runner import execute
 
 RTOL = 1e-5
 IDENTICAL, WITHIN, DRIFTED = "identical", "within tolerance", "drifted"
@@ -94,11 +94,8 @@ def verify(ws, pp, sel, seeds: int | None, jobs: int) -> Report:
         with tempfile.TemporaryDirectory(prefix="expost-verify-") as tmp:
             fresh = Cache(Path(tmp) / "a")
             twice = Cache(Path(tmp) / "b")
-            tasks = [Task(r, str(full.path), outputs, str(fresh.root), str(fresh.log_path(name, r.label, r.seed)))
-                     for r in runs]
-            tasks.append(Task(runs[0], str(full.path), outputs, str(twice.root),
-                              str(twice.log_path(name, runs[0].label, runs[0].seed))))
-            outcomes = execute(tasks, jobs)
+            tasks = make_tasks(full, runs, fresh) + make_tasks(full, runs[:1], twice)
+            outcomes = execute(tasks, jobs, device=sel.device)
             report.failures += [o for o in outcomes if not o.ok]
             a, b = fresh.read(runs[0].key), twice.read(runs[0].key)
             if a is not None and b is not None:

@@ -1,0 +1,68 @@
+"""Batched seeds: used automatically, in fixed blocks, and in agreement with per-seed runs."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expost import pipeline
+from expost.workspace import find_workspace
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def batch_ws(ws):
+    shutil.copy(FIXTURES / "toy_batch.py", ws / "experiments" / "toy_batch.py")
+    return ws
+
+
+def test_run_batch_is_used_in_fixed_blocks(expost, batch_ws):
+    r = expost("run", "toy_batch", "-q", "-j", "2")
+    assert r.exit_code == 0, r.output
+    # 5 seeds planned per rate; each rate runs one block of seeds 1-10
+    assert sorted(r.ran) == ["batch 0.5 1,2,3,4,5,6,7,8,9,10", "batch 1.0 1,2,3,4,5,6,7,8,9,10"]
+    assert "10 ran (+10 more seeds of their batch blocks)" in r.stderr
+    # seeds 6-10 came for free
+    r = expost("run", "toy_batch", "-q", "--seeds", "10")
+    assert r.ran == [] and "20 cached" in r.stderr
+    r = expost("run", "toy_batch", "-q", "--seeds", "12", "--where", "rate=0.5")
+    assert r.ran == ["batch 0.5 11,12,13,14,15,16,17,18,19,20"]
+
+
+def test_a_missing_seed_reruns_its_whole_block_with_identical_numbers(expost, batch_ws, cache_dir):
+    assert expost("run", "toy_batch", "-q", "--where", "rate=0.5").exit_code == 0
+    w = find_workspace(batch_ws)
+    spec = pipeline.load_specs(w, ["toy_batch"])[0]
+    runs = pipeline.plan_runs([spec], pipeline.Selection(where={"rate": "0.5"}))["toy_batch"]
+    before = pipeline.results(w, spec, runs).scalar("final")
+    shutil.rmtree(cache_dir / "runs" / runs[2].key[:2] / runs[2].key)
+    r = expost("run", "toy_batch", "-q", "--where", "rate=0.5")
+    assert r.ran == ["batch 0.5 1,2,3,4,5,6,7,8,9,10"]
+    assert np.array_equal(pipeline.results(w, spec, runs).scalar("final"), before)
+
+
+def test_scurves_batched_and_per_seed_agree():
+    """Stated tolerance: series within 1e-6 of their largest value; drop statistics identical;
+    the final loss (at float32's noise floor, ~1e-9 of the initial loss) within 1e-6 of the initial loss."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import scurves
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    seeds = [1, 2, 3]
+    for model, rank in (("factored", 1), ("factored", 2), ("vector", 1), ("scalar", 2)):
+        cfg = {**scurves.PARAMS, "steps": 300, "model": model, "rank": rank}
+        singles = [scurves.run(cfg, s) for s in seeds]
+        batch = scurves.run_batch(cfg, seeds)
+        for a, b in zip(singles, batch):
+            for name in ("loss", "top_learned", "last_learned"):
+                x, y = np.asarray(a[name], dtype=float), np.asarray(b[name], dtype=float)
+                assert np.max(np.abs(x - y)) <= 1e-6 * np.max(np.abs(x)), (model, rank, name)
+            for name in ("drop_step", "plateau_steps", "sharpness"):
+                assert a[name] == b[name], (model, rank, name)
+            assert abs(a["final_loss"] - b["final_loss"]) <= 1e-6 * float(a["loss"][0])
