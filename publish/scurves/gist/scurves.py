@@ -90,46 +90,62 @@ def first_crossing(curves, level):
     return torch.tensor(out).numpy()
 
 
-def make_model(kind, n, rank, s, u, v, gen, device):
-    """Parameters and a function giving Z from them."""
-    if kind == "factored":
-        X = (s * torch.randn(n, rank, generator=gen)).to(device).requires_grad_()
-        Y = (s * torch.randn(n, rank, generator=gen)).to(device).requires_grad_()
-        return [X, Y], lambda: X @ Y.T
-    if kind == "vector":  # one factor fixed to the target's right singular vectors
-        X = (s * torch.randn(n, rank, generator=gen)).to(device).requires_grad_()
-        return [X], lambda: X @ v.T
-    if kind == "scalar":  # only the singular values are learned
-        a = (s * torch.randn(rank, generator=gen)).to(device).requires_grad_()
-        return [a], lambda: (u * a) @ v.T
+def init_params(kind, n, rank, s, gen):
+    """Initial values of the learned tensors, entries ~ N(0, s^2)."""
+    if kind == "factored":  # Z = X Y^T
+        return [s * torch.randn(n, rank, generator=gen), s * torch.randn(n, rank, generator=gen)]
+    if kind == "vector":  # Z = X V^T: one factor fixed to the target's right singular vectors
+        return [s * torch.randn(n, rank, generator=gen)]
+    if kind == "scalar":  # Z = U diag(a) V^T: only the singular values are learned
+        return [s * torch.randn(rank, generator=gen)]
     raise ValueError(f"unknown model {kind!r}: use factored, vector or scalar")
+
+
+def forward_fn(kind, params, u, v):
+    """Z from the parameters; works for one seed or a stack of seeds (leading batch dimension)."""
+    vt = v.transpose(-1, -2)
+    if kind == "factored":
+        X, Y = params
+        return lambda: X @ Y.transpose(-1, -2)
+    if kind == "vector":
+        (X,) = params
+        return lambda: X @ vt
+    (a,) = params
+    return lambda: (u * a.unsqueeze(-2)) @ vt
 
 
 # region: training-step
 def train(C, params, forward, u, sigma, v, lr, steps):
-    """Full-batch SGD on L = 1/2 * sum (C - Z)^2, logging the loss and the learned fraction of components."""
+    """Full-batch SGD on L = 1/2 * sum (C - Z)^2, logging the loss and the learned fraction of components.
+
+    C may hold one seed (n x n) or a stack of seeds (S x n x n): seeds never interact, so the
+    gradient of the summed loss is each seed's own gradient and SGD steps them independently.
+    """
     opt = torch.optim.SGD(params, lr=lr)
-    losses = torch.empty(steps)
-    learned = torch.empty(steps, len(sigma))
+    batch = C.shape[:-2]
+    losses = torch.empty(steps, *batch)
+    learned = torch.empty(steps, *batch, sigma.shape[-1])
     for t in range(steps):
         Z = forward()
-        loss = 0.5 * ((C - Z) ** 2).sum()
+        loss = 0.5 * ((C - Z) ** 2).sum(dim=(-2, -1))  # one loss per seed
         opt.zero_grad()
-        loss.backward()
+        loss.sum().backward()
         opt.step()
         with torch.no_grad():
-            losses[t] = loss.detach()
-            learned[t] = torch.einsum("ik,ij,jk->k", u, Z, v) / sigma
+            losses[t] = loss
+            learned[t] = torch.einsum("...ik,...ij,...jk->...k", u, Z, v) / sigma
     return losses, learned
 # endregion
 
 
-def run(cfg, seed):
+def setup(cfg, seed):
+    """The target and the initial parameters of one seed (the same draws for run and run_batch)."""
     gen = torch.Generator().manual_seed(seed)
-    device = cfg["device"]
-    C, u, sigma, v = make_target(cfg["n"], cfg["rank"], gen, device)
-    params, forward = make_model(cfg["model"], cfg["n"], cfg["rank"], cfg["init_scale"], u, v, gen, device)
-    losses, learned = train(C, params, forward, u, sigma, v, cfg["lr"], cfg["steps"])
+    C, u, sigma, v = make_target(cfg["n"], cfg["rank"], gen, "cpu")
+    return (C, u, sigma, v), init_params(cfg["model"], cfg["n"], cfg["rank"], cfg["init_scale"], gen)
+
+
+def outputs(losses, learned):
     losses, learned = losses.cpu(), learned.cpu()
     return {
         "loss": losses,
@@ -138,6 +154,25 @@ def run(cfg, seed):
         "final_loss": float(losses[-1]),
         **drop_stats(losses),
     }
+
+
+def run(cfg, seed):
+    device = cfg["device"]
+    target, init = setup(cfg, seed)
+    C, u, sigma, v = (x.to(device) for x in target)
+    params = [p.to(device).requires_grad_() for p in init]
+    losses, learned = train(C, params, forward_fn(cfg["model"], params, u, v), u, sigma, v, cfg["lr"], cfg["steps"])
+    return outputs(losses, learned)
+
+
+def run_batch(cfg, seeds):
+    """Many seeds in one vectorised call (stacked tensors); agrees with run() seed by seed."""
+    device = cfg["device"]
+    per_seed = [setup(cfg, seed) for seed in seeds]
+    C, u, sigma, v = (torch.stack([t[i] for t, _ in per_seed]).to(device) for i in range(4))
+    params = [torch.stack([p[i] for _, p in per_seed]).to(device).requires_grad_() for i in range(len(per_seed[0][1]))]
+    losses, learned = train(C, params, forward_fn(cfg["model"], params, u, v), u, sigma, v, cfg["lr"], cfg["steps"])
+    return [outputs(losses[:, i], learned[:, i]) for i in range(len(seeds))]
 
 
 if __name__ == "__main__":
