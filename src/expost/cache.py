@@ -9,6 +9,8 @@ Layout under the cache dir (`.expost/` or $EXPOST_CACHE_DIR):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -59,9 +61,50 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (flock) held for the block; released if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.quarantined: list[str] = []  # keys of corrupt entries set aside by this instance
+
+    def lock(self, name: str):
+        """Serialise work on one run key (or post) across processes: two builds never run it twice."""
+        return file_lock(self.root / "locks" / f"{name}.lock")
+
+    def ensure_writable(self) -> None:
+        from expost.errors import WorkspaceError
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise WorkspaceError(f"cache folder {self.root} is not writable ({e.strerror}). "
+                                 "Fix: set EXPOST_CACHE_DIR to a writable folder, or fix the permissions") from None
+
+    def remove(self, key: str) -> None:
+        """Drop an entry (for --force): renamed away first, so readers never see half of it."""
+        d = self.entry_dir(key)
+        if d.exists():
+            trash = d.with_name(f".{key[:12]}.{os.getpid()}.removed")
+            os.rename(d, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def valid(self, key: str) -> bool:
+        """Present and intact (checksums verified); a corrupt entry is set aside and counts as missing."""
+        return self.has(key) and self.read(key) is not None
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "runs" / key[:2] / key
@@ -124,7 +167,7 @@ class Cache:
             os.rename(d, bad / f"{d.name}.{os.getpid()}")
         except OSError:
             shutil.rmtree(d, ignore_errors=True)
-        self.corrupt_seen = getattr(self, "corrupt_seen", 0) + 1
+        self.quarantined.append(d.name)
 
     # --explain bookkeeping: the last key seen for each (experiment, sweep point, seed)
     def index_path(self, experiment: str) -> Path:

@@ -119,8 +119,12 @@ def _execute(ws, specs, plans, sel, jobs, quiet, force):
         if bar["b"]:
             bar["b"].update(1)
 
+    def corrupt(keys):
+        click.echo(f"warning: {len(keys)} corrupt cache entr{'y' if len(keys) == 1 else 'ies'} (checksum mismatch or "
+                   f"truncated) set aside under {ws.rel(ws.cache_dir / 'corrupt')}/; they run again", err=True)
+
     try:
-        outcomes = pipeline.run_all(ws, specs, plans, sel, jobs or default_jobs(), force, done, start)
+        outcomes = pipeline.run_all(ws, specs, plans, sel, jobs or default_jobs(), force, done, start, corrupt)
     except KeyboardInterrupt:
         if bar["b"]:
             bar["b"].__exit__(None, None, None)
@@ -130,9 +134,9 @@ def _execute(ws, specs, plans, sel, jobs, quiet, force):
         bar["b"].__exit__(None, None, None)
     wall = time.perf_counter() - t0
     planned = {r.key for p in plans.values() for r in p}
-    done = {o.run.key: o for o in outcomes if o.run.key in planned}
+    done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
     ran = sum(o.ok for o in done.values())
-    extra = sum(o.ok for o in outcomes if o.run.key not in planned)
+    extra = sum(o.ok and not o.reused for o in outcomes if o.run.key not in planned)
     more = f" (+{extra} more seeds of their batch blocks)" if extra else ""
     click.echo(f"{len(planned)} planned run(s): {len(planned) - len(done)} cached, {ran} ran{more}, "
                f"{len(done) - ran} failed ({wall:.1f} s)", err=True)

@@ -109,17 +109,27 @@ def explain(cache: Cache, spec: Spec, runs: list[PlannedRun]) -> list[tuple[Plan
 
 
 def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> list[PlannedRun]:
-    return list(runs) if force else [r for r in runs if not cache.has(r.key)]
+    """Runs to execute: absent, or present but corrupt (checksums are verified; corrupt entries
+    are set aside and listed in cache.quarantined)."""
+    return list(runs) if force else [r for r in runs if not cache.valid(r.key)]
 
 
 def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
             force: bool = False, on_done: Callable[[Outcome], None] | None = None,
-            on_start: Callable[[int], None] | None = None) -> list:
+            on_start: Callable[[int], None] | None = None,
+            on_corrupt: Callable[[list], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
     from expost.runner import execute
 
     cache = Cache(ws.cache_dir)
+    cache.ensure_writable()
     todo = {s.name: missing_runs(cache, plans[s.name], force) for s in specs}
+    if force:
+        for runs in todo.values():
+            for r in runs:
+                cache.remove(r.key)
+    if on_corrupt and cache.quarantined:
+        on_corrupt(cache.quarantined)
     tasks = []
     for spec in specs:
         if todo[spec.name]:

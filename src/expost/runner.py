@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -65,6 +66,7 @@ class Outcome:
     error: str | None = None
     log: str | None = None
     nonfinite: list = field(default_factory=list)
+    reused: bool = False  # another process computed it while this one waited for the run's lock
 
     # flat fields used by RunFailures messages
     @property
@@ -107,6 +109,9 @@ _THREADS: int | None = None
 def _init_worker(threads: int | None) -> None:
     global _THREADS
     _THREADS = threads
+    # Ctrl-C reaches the whole process group: the parent decides (it kills the workers), so a
+    # worker never dies halfway through writing; cache writes are atomic either way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         for var in THREAD_VARS:
             os.environ[var] = str(threads)
@@ -192,6 +197,14 @@ def _store(cache_root: str, run: PlannedRun, returned, outputs: dict, wall: floa
 
 def run_batch_task(task: BatchTask) -> list[Outcome]:
     """Execute a block of seeds through run_batch; each seed is validated and cached on its own."""
+    cache = Cache(Path(task.cache_root))
+    with cache.lock(task.runs[0].key):
+        if all(cache.has(r.key) for r in task.runs):
+            return [Outcome(r, True, reused=True) for r in task.runs]
+        return _run_batch(task)
+
+
+def _run_batch(task: BatchTask) -> list[Outcome]:
     runs = task.runs
     buf = io.StringIO()
     t0 = time.perf_counter()
@@ -216,7 +229,16 @@ def run_batch_task(task: BatchTask) -> list[Outcome]:
 
 
 def run_task(task: Task) -> Outcome:
-    """Execute one run in this (worker) process and cache its result. Never raises for user errors."""
+    """Execute one run in this (worker) process and cache its result. Never raises for user errors.
+    Holds the run key's lock: a second build waiting on it finds the result instead of rerunning."""
+    cache = Cache(Path(task.cache_root))
+    with cache.lock(task.run.key):
+        if cache.has(task.run.key):
+            return Outcome(task.run, True, reused=True)
+        return _run_one(task)
+
+
+def _run_one(task: Task) -> Outcome:
     run = task.run
     buf = io.StringIO()
     log = Path(task.log)
@@ -247,11 +269,33 @@ def make_executor(jobs: int, device: str = "cpu") -> Executor:
 
 def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
             device: str = "cpu") -> list[Outcome]:
-    """Run tasks (Task or BatchTask) in parallel; one Outcome per run (interrupted ones left out)."""
-    if not tasks:
-        return []
+    """Run tasks (Task or BatchTask) in worker processes; one Outcome per run.
+
+    A worker that dies (a crash in experiment code, out of memory, os._exit) never takes the
+    command down: the tasks it left unfinished run again one per fresh worker, so the one that
+    kills its worker is identified and reported as failed while every other run completes.
+    """
     outcomes: list[Outcome] = []
-    pool = make_executor(max(1, min(jobs, len(tasks))), device)
+
+    def emit(result) -> None:
+        for outcome in result if isinstance(result, list) else [result]:
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+
+    unfinished = _run_pool(tasks, max(1, min(jobs, len(tasks))), device, emit) if tasks else []
+    for task in unfinished:  # after a crash: alone in a worker, so a crash is this task's own
+        if _run_pool([task], 1, device, emit):
+            runs = task.runs if isinstance(task, BatchTask) else (task.run,)
+            emit([Outcome(r, False, error="the worker process died while running it (a crash in the "
+                          "experiment, os._exit, or out of memory)") for r in runs])
+    return outcomes
+
+
+def _run_pool(tasks: list, workers: int, device: str, emit) -> list:
+    """Run tasks in one pool; returns the tasks left unfinished because a worker died."""
+    pool = make_executor(workers, device)
+    unfinished = []
     try:
         pending = {pool.submit(run_batch_task if isinstance(t, BatchTask) else run_task, t): t for t in tasks}
         while pending:
@@ -259,21 +303,15 @@ def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = 
             for fut in done:
                 task = pending.pop(fut)
                 try:
-                    result = fut.result()
+                    emit(fut.result())
                 except BrokenProcessPool:
-                    runs = task.runs if isinstance(task, BatchTask) else (task.run,)
-                    result = [Outcome(r, False, error="the worker process died (crash or out of memory)")
-                              for r in runs]
-                for outcome in result if isinstance(result, list) else [result]:
-                    outcomes.append(outcome)
-                    if on_done:
-                        on_done(outcome)
+                    unfinished.append(task)
     except KeyboardInterrupt:
         _kill(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return outcomes
+    return unfinished
 
 
 def _kill(pool) -> None:
