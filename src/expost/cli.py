@@ -351,7 +351,7 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
                 click.echo(f"  {d}")
             stale += diffs
         else:
-            _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=True, allow_secrets=allow_secrets))
+            _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=force, allow_secrets=allow_secrets))
     if stale:
         raise click.ClickException("publish/ does not match what the code produces; run `expost build` and commit publish/")
 

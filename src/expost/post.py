@@ -93,6 +93,8 @@ def split_front_matter(path: Path, text: str) -> tuple[dict, str, int]:
         if key not in REQUIRED + OPTIONAL:
             raise TemplateError(f"{path.name}:{i + 1}: unknown front matter key {key!r}; "
                                 f"use {', '.join(REQUIRED + OPTIONAL)}")
+        if key in meta:
+            raise TemplateError(f"{path.name}:{i + 1}: front matter key {key!r} appears twice; keep one {key}: line")
         meta[key] = _value(path, i + 1, key, rest)
     body = "\n" * (end + 1) + "\n".join(lines[end + 1:])
     return meta, body, end + 1
@@ -102,6 +104,9 @@ def load_post(path: Path) -> Post:
     path = Path(path)
     name = path.name[: -len(SUFFIX)]
     check_name(name)
+    if not path.resolve().is_relative_to(path.parent.resolve()):
+        raise TemplateError(f"{path.name} is a link to {path.resolve()}, outside {path.parent.name}/; "
+                            "copy the file there instead of linking to it")
     meta, _, offset = split_front_matter(path, path.read_text())
     for key in REQUIRED:
         if key not in meta or meta[key] in ("", []):
@@ -109,11 +114,19 @@ def load_post(path: Path) -> Post:
     exps = meta["experiments"]
     if isinstance(exps, str):
         exps = [exps]
+    exps = [str(e) for e in exps]
+    for e in exps:
+        if not NAME_RE.match(e):
+            raise TemplateError(f"{path.name}: front matter experiments: {e!r} is not an experiment name; "
+                                "name files of experiments/ without '.py' (no slashes), e.g. experiments: [scurves]")
+        if exps.count(e) > 1:
+            raise TemplateError(f"{path.name}: front matter experiments: {e!r} is listed twice; list each experiment once")
     tags = meta.get("tags", [])
     seeds = meta.get("seeds")
     if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
-        raise TemplateError(f"{path.name}: front matter seeds: {seeds!r} is not a positive integer")
-    return Post(name, path, str(meta["title"]), str(meta["summary"]), [str(e) for e in exps],
+        raise TemplateError(f"{path.name}: front matter seeds: {seeds!r} is not a positive integer; "
+                            "write seeds: 10 (or remove the line to use each experiment's SEEDS)")
+    return Post(name, path, str(meta["title"]), str(meta["summary"]), exps,
                 [str(t) for t in (tags if isinstance(tags, list) else [tags])], seeds, offset)
 
 

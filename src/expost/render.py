@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
+from types import ModuleType
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from expost import caveats
 from expost.claims import Verdict, value_label
@@ -29,19 +30,43 @@ PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"  # the same folder writeup h
 
 
 class PostLoader(jinja2.FileSystemLoader):
-    """Workspace templates first, then the package's layouts; front matter blanked (line numbers kept)."""
+    """Workspace templates first, then the package's layouts; front matter blanked (line numbers kept).
+
+    Only files inside those folders load: `{% include %}`, `{% import %}` and `{% extends %}` of an
+    absolute path, of a name with '..', or of a symlink leading out of the folder are refused."""
 
     def get_source(self, environment, template):
+        pieces = template.replace("\\", "/").split("/")
+        if (template.startswith(("/", "\\")) or PureWindowsPath(template).drive or ".." in pieces):
+            raise TemplateError(f"template {template!r} is outside templates/: includes, imports and extends may "
+                                "only name files inside templates/; move the file there and name it relative to "
+                                "templates/, e.g. \"_macros.md.j2\"")
         source, filename, uptodate = super().get_source(environment, template)
+        real = Path(filename).resolve()
+        if not any(real.is_relative_to(Path(folder).resolve()) for folder in self.searchpath):
+            raise TemplateError(f"template {template!r} is a link to {real}, outside templates/; "
+                                "copy the file into templates/ instead of linking to it")
         if template.endswith(SUFFIX) and not template.startswith("_") and template != LAYOUT:
             _, source, _ = split_front_matter(Path(filename), source)
         return source, filename, uptodate
 
 
+class PostSandbox(SandboxedEnvironment):
+    """Jinja's sandbox (no '_' attributes, no unsafe callables) that also hides file system access:
+    templates get numbers and text from the helpers, never a path, a module or a file reader."""
+
+    def is_safe_attribute(self, obj, attr, value):
+        if isinstance(obj, (PurePath, ModuleType)) or isinstance(value, (PurePath, ModuleType)):
+            return False
+        if attr == "load_series":  # a Record's cache reader; r.series(name) is the template API
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+
 def make_env(templates_dir: Path) -> SandboxedEnvironment:
     loader = PostLoader([str(templates_dir), str(PACKAGE_LAYOUTS)])
-    env = SandboxedEnvironment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
-                               keep_trailing_newline=True, trim_blocks=False, lstrip_blocks=False)
+    env = PostSandbox(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
+                      keep_trailing_newline=True, trim_blocks=False, lstrip_blocks=False)
     env.filters["num"] = num
     return env
 
@@ -235,13 +260,15 @@ class Helpers:
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
 
 
-def _template_line(tb, filename: str) -> int | None:
-    line = None
+def _template_where(tb, filename: str) -> str | None:
+    """'file:line' of the innermost template frame (the post, or a macro file or include it uses)."""
+    where = None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
+        name = tb.tb_frame.f_code.co_filename
+        if name == filename or name.endswith(".j2"):
+            where = f"{Path(name).name}:{tb.tb_lineno}"
         tb = tb.tb_next
-    return line
+    return where
 
 
 def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
@@ -258,15 +285,23 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
         text = layout.render(post=post, body=body.strip(), repro=_repro(inputs))
     except jinja2.TemplateSyntaxError as e:
         where = Path(e.filename or filename).name
-        raise TemplateError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
+        problem = (e.message or "invalid syntax").rstrip(".")
+        raise TemplateError(f"{where}:{e.lineno}: template syntax error: {problem}. Fix the {{% ... %}} or "
+                            "{{ ... }} on that line: every tag closed, every block ended ({% endif %}, {% endfor %})"
+                            ) from None
     except SyntaxError as e:  # Jinja compiled the template to invalid Python (e.g. a[:, -5:])
         raise TemplateError(f"{post.path.name}: the template compiles to invalid code ({e.msg}); "
                             "simplify the expression (Jinja supports fewer slicing forms than Python)") from None
     except Exception as e:  # user template code: report where it failed, never a bare traceback
-        line = _template_line(sys.exc_info()[2], filename)
-        loc = f"{post.path.name}:{line}" if line else post.path.name
-        hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)" \
-            if isinstance(e, jinja2.UndefinedError) else ""
+        loc = _template_where(sys.exc_info()[2], filename) or post.path.name
+        hint = ""
+        if isinstance(e, jinja2.TemplateNotFound):
+            e = TemplateError(f"template {e.name!r} not found in templates/; create templates/{e.name} or fix the name")
+        elif isinstance(e, SecurityError):
+            hint = (" (templates run in a sandbox without access to internals or files: "
+                    "use the helpers results, stat, figure, code, claim, verdict, caveat, compare, seed_table)")
+        elif isinstance(e, jinja2.UndefinedError):
+            hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)"
         text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
         raise TemplateError(f"{loc}: {text}{hint}") from None
     header = f"# {post.title}\n\n*{post.summary}*\n\n"

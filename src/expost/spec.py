@@ -106,6 +106,27 @@ def _literal(path: Path, node: ast.AST, name: str):
         ) from None
 
 
+def _no_duplicate_keys(path: Path, node: ast.AST, name: str) -> None:
+    """A dict literal that repeats a key silently keeps the last value: refuse it, naming the key."""
+    for d in [node, *(node.elts if isinstance(node, ast.List) else ())]:
+        if not isinstance(d, ast.Dict):
+            continue
+        seen: dict = {}
+        for k in d.keys:
+            if k is None:  # **unpacking: not a literal, reported by _literal
+                continue
+            try:
+                key = ast.literal_eval(k)
+                hash(key)
+            except (ValueError, TypeError):  # not a literal / unhashable: reported by the checks that follow
+                continue
+            if key in seen:
+                raise _fail(path, f"{name}[{key!r}]",
+                            f"duplicate key (lines {seen[key]} and {k.lineno}); Python would silently keep the last value",
+                            f"keep one {key!r} entry in {name}")
+            seen[key] = k.lineno
+
+
 def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) -> list[Path]:
     """The script plus the workspace-local modules it imports (recursively), for the cache key."""
     seen = set() if seen is None else seen
@@ -157,6 +178,7 @@ def load_static(path: Path) -> Spec:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             key = node.targets[0].id
             if key in ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS"):
+                _no_duplicate_keys(path, node.value, key)
                 found[key] = _literal(path, node.value, key)
         elif isinstance(node, ast.FunctionDef) and node.name == "run":
             has_run = True

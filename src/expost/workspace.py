@@ -29,7 +29,11 @@ class Workspace:
 
     @property
     def publish_dir(self) -> Path:
-        return self.root / "publish"
+        path = self.root / "publish"
+        if path.exists() and not path.is_dir():
+            raise WorkspaceError(f"publish: {path} is a file, so posts cannot be written into publish/. "
+                                 "Fix: move or delete that file; expost creates the publish/ folder itself")
+        return path
 
     @property
     def cache_dir(self) -> Path:
@@ -46,7 +50,16 @@ class Workspace:
 def cache_dir(root: Path) -> Path:
     """The one place that decides where the cache lives; EXPOST_CACHE_DIR overrides it."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).resolve() if env else root / ".expost"
+    path = Path(env).resolve() if env else root / ".expost"
+    for folder in (path, *path.parents):  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                how = f"{CACHE_ENV}={env}" if env else f"{path}"
+                raise WorkspaceError(f"cache folder {how}: {folder} is a file, not a folder. Fix: "
+                                     + (f"point {CACHE_ENV} at a folder (or unset it)" if env
+                                        else "move or delete that file; expost creates the cache folder itself"))
+            break
+    return path
 
 
 def find_workspace(start: Path | None = None, explicit: Path | None = None) -> Workspace:

@@ -189,6 +189,14 @@ def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
     key = render_key(ws, pp, command)
     if not force and up_to_date(ws, pp, key):
         return "up to date", []
+    with Cache(ws.cache_dir).lock(f"post-{pp.post.name}"):  # one writer of publish/NAME/ at a time
+        if not force and up_to_date(ws, pp, key):  # another build did it while this one waited
+            return "up to date", []
+        return _build_locked(ws, pp, sel, command, key, allow_secrets)
+
+
+def _build_locked(ws: Workspace, pp: PostPlan, sel: Selection, command: str, key: str,
+                  allow_secrets: bool) -> tuple[str, list[str]]:
     stage = _stage(ws, pp)
     try:
         warnings = render_to(ws, pp, sel, command, stage)
