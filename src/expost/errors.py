@@ -40,7 +40,8 @@ class RunFailures(ExpostError):
         self.failures = list(failures)
         lines = [f"{len(self.failures)} run(s) failed:"]
         for f in self.failures:
-            lines.append(f"  {f.experiment} [{f.config_label}] seed {f.seed}: {f.error} (log: {f.log})")
+            log = f" (log: {f.log})" if f.log else ""
+            lines.append(f"  {f.experiment} [{f.config_label}] seed {f.seed}: {f.error}{log}")
         lines.append("Completed runs are cached; fix the error and run again to finish the rest.")
         super().__init__("\n".join(lines))
 

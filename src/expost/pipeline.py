@@ -29,6 +29,7 @@ class Selection:
 
 
 def load_specs(ws: Workspace, names=(), full: bool = False) -> list[Spec]:
+    names = tuple(dict.fromkeys(names))  # `expost run toy toy` means toy once
     paths = discover(ws.experiments_dir)
     by_name = {p.stem: p for p in paths}
     for n in names:
@@ -74,7 +75,8 @@ def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> 
         plans[spec.name] = runs
     total = sum(len(r) for r in plans.values())
     if confirm_large and total > MAX_RUNS_WITHOUT_CONFIRM:
-        raise ConfigError(f"this plan has {total} runs (more than {MAX_RUNS_WITHOUT_CONFIRM}). "
+        sizes = ", ".join(f"{n}: {len(r)}" for n, r in plans.items())
+        raise ConfigError(f"this plan has {total} runs ({sizes}; more than {MAX_RUNS_WITHOUT_CONFIRM}). "
                           "Narrow it with --where/--seeds, or pass --yes to run them all.")
     return plans
 

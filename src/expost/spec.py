@@ -121,8 +121,9 @@ def _no_duplicate_keys(path: Path, node: ast.AST, name: str) -> None:
             except (ValueError, TypeError):  # not a literal / unhashable: reported by the checks that follow
                 continue
             if key in seen:
+                lines = f"line {k.lineno}" if seen[key] == k.lineno else f"lines {seen[key]} and {k.lineno}"
                 raise _fail(path, f"{name}[{key!r}]",
-                            f"duplicate key (lines {seen[key]} and {k.lineno}); Python would silently keep the last value",
+                            f"duplicate key ({lines}); Python would silently keep the last value",
                             f"keep one {key!r} entry in {name}")
             seen[key] = k.lineno
 
