@@ -196,7 +196,7 @@ def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = Tr
             continue
         m = entry.meta
         records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
-                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key))
+                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len")))
     return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
 
 

@@ -256,7 +256,7 @@ def _run_one(task: Task) -> Outcome:
         return Outcome(run, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}", str(log))
 
 
-def make_executor(jobs: int, device: str = "cpu") -> Executor:
+def make_executor(jobs: int, device: str = "cpu", threads: int | None = None) -> Executor:
     """Local worker processes; a distributed executor with the same interface can replace this.
 
     On Linux with the CPU, workers are forked: they inherit the imported torch instead of paying
@@ -264,7 +264,7 @@ def make_executor(jobs: int, device: str = "cpu") -> Executor:
     platforms lack it, so there they are spawned."""
     method = "fork" if device.startswith("cpu") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker, initargs=(1 if jobs > 1 else None,))
+                               initializer=_init_worker, initargs=(threads,))
 
 
 def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
@@ -283,18 +283,21 @@ def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = 
             if on_done:
                 on_done(outcome)
 
-    unfinished = _run_pool(tasks, max(1, min(jobs, len(tasks))), device, emit) if tasks else []
+    # One torch thread per worker whenever the user asked for parallel work (-j > 1), even if
+    # fewer tasks than workers remain: the other cores are theirs to share.
+    threads = 1 if jobs > 1 else None
+    unfinished = _run_pool(tasks, max(1, min(jobs, len(tasks))), device, emit, threads) if tasks else []
     for task in unfinished:  # after a crash: alone in a worker, so a crash is this task's own
-        if _run_pool([task], 1, device, emit):
+        if _run_pool([task], 1, device, emit, threads):
             runs = task.runs if isinstance(task, BatchTask) else (task.run,)
             emit([Outcome(r, False, error="the worker process died while running it (a crash in the "
                           "experiment, os._exit, or out of memory)") for r in runs])
     return outcomes
 
 
-def _run_pool(tasks: list, workers: int, device: str, emit) -> list:
+def _run_pool(tasks: list, workers: int, device: str, emit, threads: int | None) -> list:
     """Run tasks in one pool; returns the tasks left unfinished because a worker died."""
-    pool = make_executor(workers, device)
+    pool = make_executor(workers, device, threads)
     unfinished = []
     try:
         pending = {pool.submit(run_batch_task if isinstance(t, BatchTask) else run_task, t): t for t in tasks}

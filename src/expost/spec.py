@@ -18,6 +18,7 @@ Files whose name starts with `_` are helper modules, not experiments.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -128,6 +129,17 @@ def _no_duplicate_keys(path: Path, node: ast.AST, name: str) -> None:
             seen[key] = k.lineno
 
 
+@functools.lru_cache(maxsize=256)
+def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
+    """ast of a file, parsed once per process for a given version (a build reads each many times)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def parse(path: Path) -> ast.Module:
+    st = path.stat()
+    return _parse(path, st.st_mtime_ns, st.st_size)
+
+
 def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) -> list[Path]:
     """The script plus the workspace-local modules it imports (recursively), for the cache key."""
     seen = set() if seen is None else seen
@@ -136,7 +148,7 @@ def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) ->
     seen.add(path)
     out = [path]
     try:
-        tree = ast.parse(path.read_text())
+        tree = parse(path)
     except SyntaxError:
         return out
     for node in ast.walk(tree):
@@ -166,9 +178,8 @@ def source_hash(path: Path, experiments_dir: Path) -> str:
 def load_static(path: Path) -> Spec:
     """Read the literal part of the spec without executing the script."""
     path = Path(path)
-    text = path.read_text()
     try:
-        tree = ast.parse(text, filename=str(path))
+        tree = parse(path)
     except SyntaxError as e:
         raise SpecError(
             f"{path.name}:{e.lineno}: syntax error: {e.msg}. Fix the script (python {path.name} shows the same error)."
