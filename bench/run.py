@@ -1,0 +1,795 @@
+"""expost's benchmark suite (issue 6): each row against its baseline, side by side in one run.
+
+    .venv/bin/python bench/run.py                  # every row, about 6-9 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick          # smoke version (fewer reps, smaller sizes), ~2 min
+    .venv/bin/python bench/run.py --rows cold,batched --device cuda
+
+Rows: noop (no-op `expost build` against `python -c pass` and a no-op `dvc repro`), cold (10
+seeds of the rank-1 S-curve, 2 workers, against a hand-written loop), batched (the same with
+`run_batch`), papermill (the same 10 seeds as one parameterised notebook per seed), overhead
+(logging 1e4 series points plus the cache write, in-process), render (`expost render --force`
+of a post with 6 figures x 10 seeds x 5000 steps), store (peak RSS of storing and plotting 1000
+seeds x 1e5 steps). Times are whole-process wall times, medians over repetitions after a warm-up
+run; expost and its baseline alternate within each repetition so both see the same machine load.
+
+Every workspace and cache lives in one temp dir (EXPOST_CACHE_DIR is always set; dvc's site cache,
+Jupyter's runtime dir and IPython's dir are pointed there too), removed at the end unless --keep.
+Optional baselines (dvc, papermill, nbformat, ipykernel) come from bench/requirements.txt; a row
+whose tool is missing is skipped with a note. A full run writes bench/results.md; --quick or
+--rows write bench/results-partial.md unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "store")
+SCURVES_WHERE = ["--where", "model=factored", "--where", "rank=1", "--where", "init_scale=0.001",
+                 "--set", "steps=1000"]
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"]
+INSTALL_HINT = "install the baselines with `.venv/bin/pip install -r bench/requirements.txt`"
+
+
+class BenchError(Exception):
+    """A benchmarked or setup command failed: the row reports it and the others go on."""
+
+
+@dataclass
+class Row:
+    name: str
+    expost: str
+    baseline: str = "-"
+    ratio: str = "-"
+    target: str = "-"
+    met: str = "-"
+    load: str = ""
+    notes: list = field(default_factory=list)
+    reps: dict = field(default_factory=dict)  # label -> list of seconds (or other raw values)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def med(xs) -> float:
+    return statistics.median(xs)
+
+
+def fmt_s(x: float) -> str:
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def spread(xs, warmup=None) -> str:
+    return (f"median {fmt_s(med(xs))}, min {fmt_s(min(xs))}, max {fmt_s(max(xs))}, n={len(xs)}"
+            + (f" (warm-up {', '.join(fmt_s(w) for w in warmup)})" if warmup else ""))
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def run_cmd(cmd, env, cwd, timeout=900) -> tuple[float, subprocess.CompletedProcess]:
+    """Run a command to completion; (wall seconds of the whole process, result). Raises BenchError."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"`{' '.join(map(str, cmd))}` ran over {timeout} s") from None
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise BenchError(f"`{' '.join(map(str, cmd))}` (in {cwd}) exited {p.returncode}:\n"
+                         f"{(p.stdout + p.stderr)[-3000:]}")
+    return wall, p
+
+
+def alternate(reps: int, warmup: int, runners: dict) -> dict:
+    """Run each runner (a function returning seconds) warmup + reps times, alternating their order
+    every repetition so that slow drifts in machine load hit all of them alike. Warm-ups dropped."""
+    out = {k: [] for k in runners}
+    names = list(runners)
+    for i in range(warmup + reps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            t = runners[name](i)
+            if i >= warmup:
+                out[name].append(t)
+            else:
+                out.setdefault(f"{name} warm-up", []).append(t)
+    return out
+
+
+def tool(name: str) -> str | None:
+    p = BIN / name
+    return str(p) if p.exists() else shutil.which(name)
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def has_top_level_def(path: Path, name: str) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+
+
+def strip_def(text: str, name: str) -> str:
+    """The source without the top-level function `name` (decorators included)."""
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+            del lines[start:node.end_lineno]
+            break
+    return "".join(lines)
+
+
+def profile_lines(prof: Path, n: int = 10) -> list[str]:
+    """Top expost functions by cumulative time, plus the totals for imports and subprocesses."""
+    st = pstats.Stats(str(prof))
+    rows, extra = [], {}
+    for (file, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():
+        if "/expost/" in file and "/bench/" not in file:
+            rows.append((ct, nc, f"{Path(file).name}:{line}({func})"))
+        elif func == "_find_and_load":
+            extra["imports (all `import` statements, cumulative)"] = (ct, nc)
+        elif func == "run" and file.endswith("subprocess.py"):
+            extra["subprocess.run (child processes, e.g. git)"] = (ct, nc)
+        elif func == "<built-in method builtins.compile>":
+            extra["builtins.compile (ast.parse of sources, stale .pyc)"] = (ct, nc)
+        elif func == "savefig" and file.endswith("figure.py"):
+            extra["matplotlib Figure.savefig"] = (ct, nc)
+    total = max((ct for (_f, _l, fn), (_a, _b, _c, ct, _d) in st.stats.items() if fn == "<module>"), default=0)
+    out = [f"process total under cProfile: {fmt_s(total)}"]
+    out += [f"{fmt_s(ct):>8}  {calls:>4} call(s)  {what}" for what, (ct, calls) in sorted(extra.items(), key=lambda kv: -kv[1][0])]
+    rows.sort(reverse=True)
+    seen = set()
+    for ct, nc, what in rows:
+        if what in seen or "(wrapper)" in what or "(main)" in what or "(invoke)" in what or "(<module>)" in what:
+            continue
+        seen.add(what)
+        out.append(f"{fmt_s(ct):>8}  {nc:>4} call(s)  {what}")
+        if len(seen) >= n:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------------------ context
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.tmp = Path(tempfile.mkdtemp(prefix="expost-bench-"))
+        self.expost = tool("expost")
+        if not self.expost:
+            raise SystemExit(f"no `expost` next to {PYTHON}: run this with the project's venv python")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPOST_", "DVC_"))}
+        env.update({
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1",  # never phone home from a benchmark
+            "DVC_SITE_CACHE_DIR": str(self.tmp / "dvc-site"),
+            "DVC_GLOBAL_CONFIG_DIR": str(self.tmp / "dvc-global"),
+            "DVC_SYSTEM_CONFIG_DIR": str(self.tmp / "dvc-system"),
+            "JUPYTER_RUNTIME_DIR": str(self.tmp / "jupyter-runtime"),
+            "JUPYTER_DATA_DIR": str(self.tmp / "jupyter-data"),
+            "IPYTHONDIR": str(self.tmp / "ipython"),
+            "PYTHONWARNINGS": "ignore",
+        })
+        self.env = env
+        self.memo: dict = {}
+        self.notes: list[str] = []
+
+    def env_with(self, cache: Path, **extra) -> dict:
+        return {**self.env, "EXPOST_CACHE_DIR": str(cache), **extra}
+
+    def reps(self, full: int, quick: int = 2) -> int:
+        return quick if self.quick else full
+
+    def git_commit(self, ws: Path) -> None:
+        run_cmd(["git", "init", "-q"], self.env, ws)
+        run_cmd([*GIT, "add", "-A"], self.env, ws)
+        run_cmd([*GIT, "commit", "-qm", "bench workspace"], self.env, ws)
+
+    # ---------------------------------------------------------------------- shared measurements
+
+    def scurves_workspace(self, batched: bool) -> Path:
+        """A workspace with scurves.py (run_batch removed unless `batched`) and its helper module."""
+        ws = self.tmp / ("ws-batched" if batched else "ws-cold")
+        if not ws.exists():
+            (ws / "experiments").mkdir(parents=True)
+            text = (ROOT / "experiments" / "scurves.py").read_text()
+            (ws / "experiments" / "scurves.py").write_text(text if batched else strip_def(text, "run_batch"))
+            shutil.copy(ROOT / "experiments" / "_lowrank.py", ws / "experiments" / "_lowrank.py")
+        return ws
+
+    def expost_cold(self, variant: str, i: int, device: str = "cpu") -> float:
+        ws = self.scurves_workspace(batched=variant != "cold")
+        cache = self.tmp / f"cache-{variant}-{device}-{i}"  # a fresh cache every repetition
+        cmd = [self.expost, "run", "scurves", *SCURVES_WHERE, "--seeds", "10", "-j", "2", "-q"]
+        if device != "cpu":
+            cmd += ["--device", device]
+        wall, p = run_cmd(cmd, self.env_with(cache), ws)
+        if "10 ran" not in p.stderr:
+            raise BenchError(f"expected `10 ran` from `expost run`, got: {p.stderr.strip()}")
+        shutil.rmtree(cache, ignore_errors=True)
+        return wall
+
+    def handwritten(self, i: int, device: str = "cpu") -> float:
+        ws = self.scurves_workspace(batched=False)
+        out = self.tmp / f"loop-out-{device}-{i}"
+        wall, _ = run_cmd([PYTHON, BENCH / "handwritten_loop.py", "--experiments", ws / "experiments",
+                           "--out", out, "--device", device], self.env_with(self.tmp / "unused-cache"), ROOT)
+        shutil.rmtree(out, ignore_errors=True)
+        return wall
+
+    def batching_state(self) -> str | None:
+        """None when batched seeds can be measured, else why not."""
+        if not has_top_level_def(ROOT / "experiments" / "scurves.py", "run_batch"):
+            return "not available yet: experiments/scurves.py defines no run_batch(cfg, seeds)"
+        if not any("run_batch" in p.read_text() for p in (ROOT / "src" / "expost").glob("*.py")):
+            return "not available yet: expost does not call run_batch"
+        return None
+
+    def cold_pair(self) -> dict:
+        """expost (2 workers, per seed) and the hand-written loop, alternating; memoised."""
+        if "cold" not in self.memo:
+            self.memo["cold"] = alternate(self.reps(5), 1, {
+                "expost": lambda i: self.expost_cold("cold", i),
+                "loop": lambda i: self.handwritten(i)})
+        return self.memo["cold"]
+
+
+# ------------------------------------------------------------------------------------ rows
+
+
+def row_noop(b: Bench) -> list[Row]:
+    ws, cache = b.tmp / "ws-example", b.tmp / "cache-example"
+    ws.mkdir()
+    for folder in ("experiments", "templates", "publish"):
+        shutil.copytree(ROOT / folder, ws / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    if (ROOT / "expost.toml").exists():
+        shutil.copy(ROOT / "expost.toml", ws / "expost.toml")
+    b.git_commit(ws)  # a real workspace is a git repo; the manifest's git state is part of the check
+    env = b.env_with(cache)
+    seeds = ["--seeds", "2"] if b.quick else []
+    first, p = run_cmd([b.expost, "build", "-q", "-j", "2", *seeds], env, ws, timeout=1800)
+    ran = re.search(r"(\d+) planned run\(s\): (\d+) cached, (\d+) ran", p.stderr)
+    b.notes.append(f"Setup for the no-op rows: the first `expost build -j 2{' --seeds 2' if b.quick else ''}` of the "
+                   f"example workspace (fresh cache) took {fmt_s(first)}"
+                   + (f" for {ran.group(3)} runs" if ran else "") + f" (load at its end {loadavg()}).")
+
+    def noop(i):
+        wall, p = run_cmd([b.expost, "build", "-q", *seeds], env, ws)
+        lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+        if not lines or not all(ln.endswith(": up to date") for ln in lines):
+            raise BenchError(f"the second `expost build` was not a no-op:\n{p.stdout}{p.stderr}")
+        return wall
+
+    def pass_(i):
+        return run_cmd([PYTHON, "-c", "pass"], env, ws)[0]
+
+    runners = {"expost": noop, "python": pass_}
+    dvc = tool("dvc")
+    dvc_note = None
+    if dvc:
+        for scm in ("git", "noscm"):
+            d = b.tmp / f"dvc-{scm}"
+            (d / "experiments").mkdir(parents=True)
+            deps = []
+            for src in sorted((ROOT / "experiments").glob("*.py")):
+                shutil.copy(src, d / "experiments" / src.name)
+                deps.append(f"      - experiments/{src.name}")
+            (d / "dvc.yaml").write_text(
+                "stages:\n  build:\n    cmd: python -c \"open('out.txt', 'w').write('built')\"\n"
+                "    deps:\n" + "\n".join(deps) + "\n    outs:\n      - out.txt\n")
+            if scm == "git":
+                run_cmd(["git", "init", "-q"], b.env, d)
+                run_cmd([dvc, "init", "-q"], b.env, d)
+            else:
+                run_cmd([dvc, "init", "-q", "--no-scm"], b.env, d)
+            run_cmd([dvc, "config", "core.analytics", "false"], b.env, d)
+            run_cmd([dvc, "repro", "-q"], b.env, d)
+            if scm == "git":
+                run_cmd([*GIT, "add", "-A"], b.env, d)
+                run_cmd([*GIT, "commit", "-qm", "pipeline"], b.env, d)
+
+            def dvc_noop(i, d=d):
+                wall, p = run_cmd([dvc, "repro"], b.env, d)
+                if "didn't change" not in p.stdout and "up to date" not in p.stdout:
+                    raise BenchError(f"`dvc repro` in {d} was not a no-op:\n{p.stdout}")
+                return wall
+            runners[f"dvc-{scm}"] = dvc_noop
+    else:
+        dvc_note = f"dvc not installed: {INSTALL_HINT}"
+    r = alternate(b.reps(7), 1, runners)
+    e, py = med(r["expost"]), med(r["python"])
+    rows = [Row("no-op `expost build` (5 posts) vs `python -c pass`", fmt_s(e), fmt_s(py), f"{e / py:.1f}x",
+                "<= 0.15 s", yes(e <= 0.15), reps=r,
+                notes=[f"expost: {spread(r['expost'], r.get('expost warm-up'))}", f"python -c pass: {spread(r['python'], r.get('python warm-up'))}"])]
+    if dvc:
+        best = min(("dvc-git", "dvc-noscm"), key=lambda k: med(r[k]))
+        d = med(r[best])
+        rows.append(Row("no-op `expost build` vs no-op `dvc repro` (1 stage)", fmt_s(e), fmt_s(d) + f" ({best[4:]})",
+                        f"{e / d:.2f}x", "<= 0.2x", yes(e / d <= 0.2), reps=r,
+                        notes=[f"dvc in a git repo: {spread(r['dvc-git'], r.get('dvc-git warm-up'))}",
+                               f"dvc --no-scm: {spread(r['dvc-noscm'], r.get('dvc-noscm warm-up'))}",
+                               "baseline = the faster of the two; stage deps = the 6 experiment files, outs = out.txt"]))
+    else:
+        rows.append(Row("no-op `expost build` vs no-op `dvc repro` (1 stage)", fmt_s(e), "skipped", "-",
+                        "<= 0.2x", "n/a", notes=[dvc_note]))
+
+    # Where the time goes: imports (-X importtime) and a profile of one more no-op build.
+    _, p = run_cmd([PYTHON, "-X", "importtime", "-m", "expost", "build", "-q", *seeds], env, ws)
+    imports = []
+    for line in p.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            imports.append((int(m.group(2)), int(m.group(1)), len(m.group(3)) - 1, m.group(4)))
+    top = sorted(imports, reverse=True)[:10]
+    total_us = sum(s for _c, s, _d, _n in imports)
+    b.memo["importtime"] = (total_us, top, len(imports))
+    prof = b.tmp / "noop.prof"
+    run_cmd([PYTHON, "-m", "cProfile", "-o", prof, "-m", "expost", "build", "-q", *seeds], env, ws)
+    b.memo["noop_profile"] = profile_lines(prof)
+    return rows
+
+
+FIXED_COSTS = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the first optimizer imports torch._dynamo
+t2 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import scurves
+cfg = {**scurves.PARAMS, "model": "factored", "rank": 1, "init_scale": 1e-3, "steps": 1000}
+t3 = time.perf_counter()
+for seed in range(1, 11):
+    scurves.run(cfg, seed)
+t4 = time.perf_counter()
+if hasattr(scurves, "run_batch"):
+    scurves.run_batch(cfg, list(range(1, 11)))
+t5 = time.perf_counter()
+print(json.dumps({"import_torch": t1 - t0, "first_optimizer": t2 - t1, "run_x10": t4 - t3,
+                  "run_batch": (t5 - t4) if hasattr(scurves, "run_batch") else None}))
+"""
+
+
+def fixed_costs(b: Bench) -> str:
+    """What any process running these seeds pays, measured in-process: the context for the cold rows."""
+    ws = b.scurves_workspace(batched=True)
+    reps = [json.loads(run_cmd([PYTHON, "-c", FIXED_COSTS, ws / "experiments"], b.env, ROOT)[1].stdout)
+            for _ in range(b.reps(3, 1))]
+    m = {k: med([x[k] for x in reps]) if reps[0][k] is not None else None for k in reps[0]}
+    return (f"in-process, median of {len(reps)}: `import torch` {fmt_s(m['import_torch'])}, first "
+            f"`torch.optim.SGD(...)` (imports torch._dynamo) {fmt_s(m['first_optimizer'])}, 10 x run() "
+            f"{fmt_s(m['run_x10'])} (torch default threads)"
+            + (f", run_batch(10 seeds) {fmt_s(m['run_batch'])}" if m["run_batch"] is not None else ""))
+
+
+def row_cold(b: Bench) -> list[Row]:
+    r = b.cold_pair()
+    b.memo["fixed"] = fixed_costs(b)
+    e, loop = med(r["expost"]), med(r["loop"])
+    note = ("scurves.py copied with run_batch removed, so this row stays per-seed" if
+            has_top_level_def(ROOT / "experiments" / "scurves.py", "run_batch") else "scurves.py as in the repo")
+    return [Row("cold run, 10 seeds x 1000 steps, `-j 2` vs hand-written loop", fmt_s(e), fmt_s(loop),
+                f"{e / loop:.2f}x", "<= 0.55x", yes(e / loop <= 0.55), reps=r,
+                notes=[f"expost run: {spread(r['expost'], r.get('expost warm-up'))}", f"bench/handwritten_loop.py: {spread(r['loop'], r.get('loop warm-up'))}",
+                       note, "fresh EXPOST_CACHE_DIR every repetition; both sides are whole processes",
+                       "fixed costs, " + b.memo["fixed"]])]
+
+
+def row_batched(b: Bench) -> list[Row]:
+    rows = []
+    why = b.batching_state()
+    devices = ["cpu"] + (["cuda"] if b.args.device == "cuda" else [])
+    for device in devices:
+        name = f"cold run, batched seeds ({device}) vs hand-written loop ({device})"
+        if why:
+            rows.append(Row(name, why, target="<= 0.25x", met="n/a"))
+            continue
+        if device == "cuda":
+            _, p = run_cmd([PYTHON, "-c", "import torch; print(torch.cuda.is_available())"], b.env, ROOT)
+            if p.stdout.strip() != "True":
+                rows.append(Row(name, "not measured (no CUDA)", target="<= 0.25x", met="n/a"))
+                continue
+        r = alternate(b.reps(5), 1, {"expost": lambda i: b.expost_cold("batched", i, device),
+                                     "loop": lambda i: b.handwritten(i, device)})
+        e, loop = med(r["expost"]), med(r["loop"])
+        b.memo[f"batched-{device}"] = e
+        rows.append(Row(name, fmt_s(e), fmt_s(loop), f"{e / loop:.2f}x", "<= 0.25x", yes(e / loop <= 0.25),
+                        reps=r, notes=[f"expost run (run_batch): {spread(r['expost'], r.get('expost warm-up'))}",
+                                       f"hand-written loop: {spread(r['loop'], r.get('loop warm-up'))}"]))
+    return rows
+
+
+PAPERMILL_LOOP = """
+import sys
+import papermill as pm
+nb, outdir, experiments, results = sys.argv[1:5]
+for seed in range(1, 11):
+    pm.execute_notebook(nb, f"{outdir}/seed{seed}.ipynb", kernel_name="python3", progress_bar=False,
+                        parameters={"seed": seed, "steps": 1000, "experiments": experiments, "out": results})
+"""
+
+
+def write_notebook(path: Path) -> None:
+    """bench/scurve.ipynb: one seed of the rank-1 S-curve, parameters in a cell tagged `parameters`."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    params = new_code_cell('seed = 1\nsteps = 1000\nexperiments = "experiments"\nout = "results"')
+    params.metadata["tags"] = ["parameters"]
+    body = new_code_cell(
+        "import random\nimport sys\nfrom pathlib import Path\n\nimport numpy as np\nimport torch\n\n"
+        "sys.path.insert(0, experiments)\nimport scurves\n\n"
+        'cfg = {**scurves.PARAMS, "model": "factored", "rank": 1, "init_scale": 1e-3, "steps": steps}\n'
+        "random.seed(seed)\nnp.random.seed(seed)\ntorch.manual_seed(seed)\n"
+        "result = scurves.run(cfg, seed)\n"
+        "Path(out).mkdir(parents=True, exist_ok=True)\n"
+        'np.savez(Path(out) / f"seed{seed}.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in result.items()})\n'
+        'print(f"seed {seed}: drop at step {result[\'drop_step\']}")')
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Rank-1 S-curve, one seed\n\nWritten by `bench/run.py`: the papermill baseline "
+                          "executes it once per seed (`-p seed N`)."), params, body])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"  # stable ids: rewriting the notebook gives the same bytes
+    text = nbformat.writes(nb)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def row_papermill(b: Bench) -> list[Row]:
+    name = "the same 10 seeds: papermill, one notebook run per seed"
+    missing = [m for m in ("papermill", "nbformat", "ipykernel") if importlib.util.find_spec(m) is None]
+    if missing:
+        return [Row(name, "skipped", target=">= 20x faster", met="n/a",
+                    notes=[f"{', '.join(missing)} not installed: {INSTALL_HINT}"])]
+    nb = BENCH / "scurve.ipynb"
+    write_notebook(nb)
+    ws = b.scurves_workspace(batched=False)
+
+    def papermill(i):
+        out = b.tmp / f"papermill-{i}"
+        out.mkdir()
+        wall, _ = run_cmd([PYTHON, "-c", PAPERMILL_LOOP, nb, out, ws / "experiments", out / "results"],
+                          b.env_with(b.tmp / "unused-cache"), b.tmp, timeout=1200)
+        if len(list((out / "results").glob("seed*.npz"))) != 10:
+            raise BenchError(f"papermill did not produce 10 results in {out}")
+        return wall
+
+    reps = 1 if b.quick else 3
+    r = {"papermill": alternate(reps, 0, {"papermill": papermill})["papermill"]}
+    pm = med(r["papermill"])
+    if b.batching_state() is None and "batched-cpu" in b.memo:
+        e, which = b.memo["batched-cpu"], "`expost run` with batched seeds (the default once run_batch exists)"
+    else:
+        r["expost"] = b.cold_pair()["expost"]
+        e, which = med(r["expost"]), "`expost run -j 2`, per seed"
+    return [Row(name, fmt_s(e), fmt_s(pm), f"{pm / e:.1f}x faster", ">= 20x faster", yes(pm / e >= 20), reps=r,
+                notes=[f"papermill: {spread(r['papermill'], r.get('papermill warm-up'))}; {reps} repetition(s), no warm-up (each takes "
+                       "tens of seconds; torch is already in the page cache from the other rows)",
+                       f"expost side: {which}",
+                       "one Python process calls papermill.execute_notebook for seeds 1..10 in turn (a new "
+                       "kernel per seed), the cheapest way to drive papermill; bench/scurve.ipynb runs the same "
+                       "scurves.run as expost"])]
+
+
+def row_overhead(b: Bench) -> list[Row]:
+    reps = 3 if b.quick else 9
+    _, p = run_cmd([PYTHON, BENCH / "overhead.py", "--cache", b.tmp / "cache-overhead", "--reps", reps],
+                   b.env_with(b.tmp / "cache-overhead"), ROOT)
+    data = json.loads(p.stdout.strip().splitlines()[-1])
+    plain = [x["plain_s"] for x in data["reps"]]
+    logged = [x["logged_s"] for x in data["reps"]]
+    write = [x["convert_write_s"] for x in data["reps"]]
+    item = [x["item_s"] for x in data["reps"]]
+    over = med(logged) / med(plain) - 1
+    paired = med([lg / pl - 1 for lg, pl in zip(logged, plain)])
+    steps = data["steps"]
+    return [Row(f"overhead: log {steps:,} series points + cache write vs no logging", fmt_s(med(logged)),
+                fmt_s(med(plain)), f"{over:+.1%}", "< 3 %", yes(over < 0.03),
+                reps={"plain": plain, "logged": logged, "convert_write": write, "item": item},
+                notes=[f"in one process, torch 1 thread, {reps} alternating repetitions after a warm-up; "
+                       f"median of paired ratios {paired:+.1%}",
+                       f"of which convert_outputs + Cache.write: median {med(write) * 1000:.1f} ms "
+                       f"({med(write) / med(plain):.1%}); the rest is `losses[t] = loss.detach()`, "
+                       f"about {(med(logged) - med(write) - med(plain)) / steps * 1e6:.1f} us per step "
+                       f"on a {med(plain) / steps * 1e6:.0f} us step",
+                       f"for comparison, recording `loss.item()` into a list instead (same convert + write): "
+                       f"{med(item) / med(plain) - 1:+.1%}"])]
+
+
+SYNTH_EXPERIMENT = '''"""Synthetic curves for the render benchmark: six 5000-step series per seed, made with numpy in milliseconds.
+
+    python experiments/synth.py
+"""
+
+import numpy as np
+
+PARAMS = {
+    "steps": 5000,   # series length
+    "drop": 2500,    # step where the loss drops, before per-seed jitter
+}
+SEEDS = 10
+OUTPUTS = {
+    "loss": "series: a noisy S-curve from 1 to about 0",
+    "acc": "series: 1 - loss",
+    "grad_norm": "series: a bump around the drop",
+    "lr": "series: a cosine schedule",
+    "noise": "series: a random walk",
+    "margin": "series: a slow rise",
+    "drop_step": "scalar: step where the loss is halfway down",
+}
+CLAIMS = [{"claim": "The loss drops after step 1000.", "check": lambda r: r.scalar("drop_step") > 1000,
+           "metric": "drop_step"}]
+
+
+def run(cfg, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(cfg["steps"], dtype=float)
+    centre = cfg["drop"] + rng.normal(0, 200)
+    loss = 1 / (1 + np.exp((t - centre) / 80)) + 1e-3 + 1e-3 * rng.random(len(t))
+    return {
+        "loss": loss,
+        "acc": 1 - loss,
+        "grad_norm": np.exp(-((t - centre) / 300) ** 2) + 0.01 * rng.random(len(t)),
+        "lr": 0.5 * (1 + np.cos(np.pi * t / len(t))),
+        "noise": np.cumsum(rng.normal(0, 1, len(t))),
+        "margin": np.log1p(t) * (1 + 0.1 * rng.random()),
+        "drop_step": int(np.argmax(loss < 0.5)),
+    }
+
+
+if __name__ == "__main__":
+    for name, value in run(PARAMS, 1).items():
+        print(name, np.shape(value))
+'''
+
+SYNTH_POST = """---
+title: Six figures over ten seeds
+summary: A synthetic post for the render benchmark.
+experiments: [synth]
+tags: [benchmark]
+---
+{% set r = results("synth") %}
+The loss is halfway down at {{ stat(r, "drop_step", unit="steps") }}. {{ claim("synth", 0) }}
+
+{{ figure(r, "curves", "loss", logy=True, caption="Loss") }}
+
+{{ figure(r, "curves", "acc", caption="Accuracy") }}
+
+{{ figure(r, "curves", "grad_norm", logy=True, caption="Gradient norm") }}
+
+{{ figure(r, "curves", "noise", caption="A random walk") }}
+
+{{ figure(r, "curves", "lr", caption="Learning rate") }}
+
+{{ figure(r, "curves", "margin", caption="Margin") }}
+"""
+
+
+def row_render(b: Bench) -> list[Row]:
+    ws, cache = b.tmp / "ws-render", b.tmp / "cache-render"
+    (ws / "experiments").mkdir(parents=True)
+    (ws / "templates").mkdir()
+    (ws / "experiments" / "synth.py").write_text(SYNTH_EXPERIMENT)
+    (ws / "templates" / "synth.md.j2").write_text(SYNTH_POST)
+    b.git_commit(ws)
+    env = b.env_with(cache)
+    run_cmd([b.expost, "run", "-j", "2", "-q"], env, ws)
+
+    def render(i):
+        wall, p = run_cmd([b.expost, "render", "--force"], env, ws)
+        if "synth: rendered" not in p.stdout:
+            raise BenchError(f"`expost render --force` did not render:\n{p.stdout}{p.stderr}")
+        return wall
+
+    r = alternate(b.reps(5), 1, {"render": render})
+    figs = sorted((ws / "publish" / "synth" / "figures").glob("*.png"))
+    prof = b.tmp / "render.prof"
+    run_cmd([PYTHON, "-m", "cProfile", "-o", prof, "-m", "expost", "render", "--force"], env, ws)
+    b.memo["render_profile"] = profile_lines(prof)
+    e = med(r["render"])
+    return [Row("`expost render --force`: 6 figures x 10 seeds x 5000 steps", fmt_s(e), target="<= 1.5 s",
+                met=yes(e <= 1.5), reps=r,
+                notes=[f"{spread(r['render'], r.get('render warm-up'))}; whole process; runs cached beforehand; {len(figs)} PNGs "
+                       "(6 `curves` figures); post.md, post.html, gist/ and manifest.json written each time"])]
+
+
+def row_store(b: Bench) -> list[Row]:
+    seeds = 100 if b.quick else 1000
+    cache = b.tmp / "cache-store"
+    out = {}
+    for via in ("cache", "resultset"):
+        wall, p = run_cmd([PYTHON, BENCH / "store_plot.py", "--cache", cache, "--out", b.tmp / f"store-{via}.png",
+                           "--seeds", seeds, "--via", via], b.env_with(cache), ROOT)
+        out[via] = {**json.loads(p.stdout.strip().splitlines()[-1]), "wall_s": wall}
+    shutil.rmtree(cache, ignore_errors=True)
+    rows = []
+    for via, label, target in (("cache", "Cache.read -> float32 -> curves", "< 1024 MiB"),
+                               ("resultset", "ResultSet.series (float64, as figure() does)", "< 1024 MiB (info)")):
+        d = out[via]
+        rows.append(Row(f"store+plot {seeds} seeds x 1e5 steps: {label}", f"{d['peak_mib']:.0f} MiB peak RSS",
+                        target=target, met=yes(d["peak_mib"] < 1024), reps={via: d},
+                        notes=[f"write {fmt_s(d['write_s'])}" + (" (entries written by the previous variant)"
+                                                                 if via == "resultset" else "")
+                               + f", load {fmt_s(d['load_s'])} ({d['dtype']}), plot {fmt_s(d['plot_s'])}, "
+                               f"process {fmt_s(d['wall_s'])}; RSS after load {d['after_load_mib']:.0f} MiB; "
+                               "one repetition (a memory measurement)"]))
+    return rows
+
+
+ROW_FUNCS = {"noop": row_noop, "cold": row_cold, "batched": row_batched, "papermill": row_papermill,
+             "overhead": row_overhead, "render": row_render, "store": row_store}
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "experiments"],
+                           capture_output=True, text=True)
+    n_dirty = len([ln for ln in dirty.stdout.splitlines() if ln.strip()])
+    return {
+        "CPU": model.group(1).strip() if model else platform.processor() or "unknown",
+        "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable",
+        "RAM": f"{int(mem.group(1)) / 1024 ** 2:.1f} GiB" if mem else "unknown",
+        "OS": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": version("torch"), "numpy": version("numpy"), "matplotlib": version("matplotlib"),
+        "expost": f"{version('expost')} at {git.stdout.strip() or '?'}"
+                  + (f" + {n_dirty} uncommitted file(s) in src/ and experiments/" if n_dirty else ""),
+        "dvc": version("dvc"), "papermill": version("papermill"), "ipykernel": version("ipykernel"),
+    }
+
+
+def table(rows: list[Row], with_load: bool = False) -> list[str]:
+    head = ["row", "expost", "baseline", "ratio", "target", "met?"] + (["load at row start"] if with_load else [])
+    body = [[r.name, r.expost, r.baseline, r.ratio, r.target, r.met] + ([r.load] if with_load else [])
+            for r in rows]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+           ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+
+
+def plain_table(rows: list[Row]) -> str:
+    cols = [["row", "expost", "baseline", "ratio", "target", "met?"]] + \
+           [[r.name, r.expost, r.baseline, r.ratio, r.target, r.met] for r in rows]
+    widths = [min(max(len(c[i]) for c in cols), 76) for i in range(6)]
+    return "\n".join(" | ".join(c[i][:76].ljust(widths[i]) for i in range(6)).rstrip() for c in cols)
+
+
+def report(b: Bench, rows: list[Row], info: dict, started: str, load_start: str, total: float,
+           selected: list[str]) -> str:
+    out = ["# expost benchmarks", "",
+           f"Written by `python bench/run.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on {started}"
+           f" in {total / 60:.1f} min."
+           + (" **Quick smoke run: fewer repetitions and smaller sizes; not the numbers to quote.**" if b.quick else "")
+           + ("" if selected == list(ROWS) else f" Rows: {', '.join(selected)}."),
+           "", "## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in info.items()]
+    out += [f"| load average at start (1, 5, 15 min) | {load_start} |",
+            f"| load average at end | {loadavg()} |", "",
+            "The machine's 2 cores are shared with other work, so the load average is part of every number: "
+            "each row's load at its start is in the table. Times are whole processes unless a row says "
+            "otherwise; expost and its baseline alternate within each repetition.", "",
+            "## Results", ""]
+    out += table(rows, with_load=True)
+    out += ["", "## Details", ""]
+    for r in rows:
+        if r.notes:
+            out.append(f"- **{r.name}**: " + "; ".join(r.notes) + ".")
+    for n in b.notes:
+        out.append(f"- {n}")
+    if "importtime" in b.memo:
+        total_us, top, n = b.memo["importtime"]
+        out += ["", "## Where a no-op build's time goes", "",
+                f"`python -X importtime -m expost build -q` in the temp workspace: {n} modules imported, "
+                f"{total_us / 1000:.0f} ms of import time in total. Top 10 by cumulative time (nested imports are "
+                "counted inside their parents):", "", "| cumulative | self | module |", "|---:|---:|---|"]
+        out += [f"| {c / 1000:.1f} ms | {s / 1000:.1f} ms | {'&nbsp;' * 2 * d}`{name}` |" for c, s, d, name in top]
+    if "noop_profile" in b.memo:
+        out += ["", "cProfile of one no-op build (profiling inflates times; compare them with each other):", "",
+                "```", *b.memo["noop_profile"], "```"]
+    if "render_profile" in b.memo:
+        out += ["", "## Where the render's time goes", "", "cProfile of one `expost render --force`:", "",
+                "```", *b.memo["render_profile"], "```"]
+    out += ["", "## Reproduce", "",
+            "```bash", ".venv/bin/pip install -r bench/requirements.txt   # dvc, papermill, nbformat, ipykernel",
+            ".venv/bin/python bench/run.py                      # this file; --quick, --rows, --device cuda",
+            "```", ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke version: fewer repetitions, smaller sizes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: also measure the batched row with `--device cuda`")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: bench/results.md for a full run, else bench/results-partial.md)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (workspaces, caches, profiles)")
+    args = parser.parse_args()
+    selected = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in selected if r not in ROWS]
+    if unknown or not selected:
+        parser.error(f"--rows: unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
+    selected = [r for r in ROWS if r in selected]
+    out = args.out or BENCH / ("results.md" if selected == list(ROWS) and not args.quick else "results-partial.md")
+
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    load_start = loadavg()
+    t0 = time.perf_counter()
+    b = Bench(args)
+    print(f"expost bench: rows {', '.join(selected)}{' (quick)' if args.quick else ''}; temp dir {b.tmp}; "
+          f"load {load_start}", file=sys.stderr)
+    rows: list[Row] = []
+    try:
+        for name in selected:
+            load = loadavg()
+            t_row = time.perf_counter()
+            print(f"[{time.perf_counter() - t0:6.1f} s] {name} (load {load}) ...", file=sys.stderr, flush=True)
+            try:
+                new = ROW_FUNCS[name](b)
+            except BenchError as e:
+                new = [Row(name, "error", met="n/a", notes=[str(e).replace("\n", " ")[:1500]])]
+            for r in new:
+                r.load = load
+                print(f"           {r.name}: {r.expost} | {r.baseline} | {r.ratio} | {r.target} | {r.met}",
+                      file=sys.stderr)
+            print(f"           ({time.perf_counter() - t_row:.0f} s)", file=sys.stderr)
+            rows += new
+        total = time.perf_counter() - t0
+        text = report(b, rows, machine(), started, load_start, total, selected)
+        out.write_text(text)
+    finally:
+        if args.keep:
+            print(f"kept {b.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(b.tmp, ignore_errors=True)
+    print(plain_table(rows))
+    print(f"\n{len(rows)} row(s) in {total / 60:.1f} min; load {load_start} at start, {loadavg()} at end; "
+          f"written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
