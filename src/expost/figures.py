@@ -86,8 +86,8 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
         yield fig, axes
         buf = BytesIO()
         if fmt == "png":
-            # Software is the only varying PNG metadata; optimize is deterministic (zlib).
-            extra = {"metadata": {"Software": None}, "pil_kwargs": {"optimize": True}}
+            # An intermediate: _compact_png re-encodes it, so no slow optimize pass here.
+            extra = {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": 1}}
         else:
             extra = {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.05, **extra)
