@@ -140,6 +140,23 @@ def parse(path: Path) -> ast.Module:
     return _parse(path, st.st_mtime_ns, st.st_size)
 
 
+def _imported(path: Path) -> tuple[str, ...]:
+    st = path.stat()
+    return _imported_cached(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _imported_cached(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """Top-level names of every absolute import in a file, in order (walked once per version)."""
+    names: list[str] = []
+    for node in ast.walk(_parse(path, mtime_ns, size)):
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module.split(".")[0])
+    return tuple(names)
+
+
 def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) -> list[Path]:
     """The script plus the workspace-local modules it imports (recursively), for the cache key."""
     seen = set() if seen is None else seen
@@ -148,23 +165,17 @@ def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) ->
     seen.add(path)
     out = [path]
     try:
-        tree = parse(path)
+        imported = _imported(path)
     except SyntaxError:
         return out
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name.split(".")[0] for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module.split(".")[0]]
-        for name in names:
-            for cand in (experiments_dir / f"{name}.py", experiments_dir / name / "__init__.py"):
-                if cand.exists():
-                    if cand.name == "__init__.py":
-                        for sub in sorted(cand.parent.rglob("*.py")):
-                            out += local_sources(sub, experiments_dir, seen)
-                    else:
-                        out += local_sources(cand, experiments_dir, seen)
+    for name in imported:
+        for cand in (experiments_dir / f"{name}.py", experiments_dir / name / "__init__.py"):
+            if cand.exists():
+                if cand.name == "__init__.py":
+                    for sub in sorted(cand.parent.rglob("*.py")):
+                        out += local_sources(sub, experiments_dir, seen)
+                else:
+                    out += local_sources(cand, experiments_dir, seen)
     return out
 
 
