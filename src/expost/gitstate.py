@@ -30,3 +30,39 @@ def post_inputs(ws, pp) -> list[Path]:
     for spec in pp.specs.values():
         inputs += [p for p in local_sources(spec.path, spec.path.parent) if p not in inputs]
     return inputs
+
+
+def head(root: Path) -> str | None:
+    """HEAD's commit id read from .git's files (no subprocess); None when it cannot be read simply."""
+    for folder in (root, *root.parents):
+        dotgit = folder / ".git"
+        if dotgit.is_dir():
+            gitdir = dotgit
+            break
+        if dotgit.is_file():  # a worktree or submodule: follow it
+            text = dotgit.read_text().strip()
+            if not text.startswith("gitdir:"):
+                return None
+            gitdir = (folder / text[len("gitdir:"):].strip()).resolve()
+            break
+    else:
+        return None
+    try:
+        ref = (gitdir / "HEAD").read_text().strip()
+        if not ref.startswith("ref:"):
+            return ref or None
+        name = ref[4:].strip()
+        common = gitdir
+        if (gitdir / "commondir").is_file():
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        for base in (gitdir, common):
+            if (base / name).is_file():
+                return (base / name).read_text().strip() or None
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + name):
+                    return line.split()[0]
+    except OSError:
+        return None
+    return None

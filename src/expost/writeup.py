@@ -20,7 +20,7 @@ from pathlib import Path
 from expost import __version__
 from expost.cache import Cache, atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
-from expost.gitstate import git_state, post_inputs
+from expost.gitstate import git_state, head, post_inputs
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.plan import PlannedRun, digest
 from expost.post import Post
@@ -97,15 +97,30 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def tree_stats(folder: Path) -> dict[str, list]:
+    return {p.relative_to(folder).as_posix(): [st.st_size, st.st_mtime_ns]
+            for p in sorted(folder.rglob("*")) if p.is_file() and (st := p.stat())}
+
+
 def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
-    """Same inputs as the last render, and publish/NAME still holds exactly what it wrote."""
+    """Same inputs as the last render, and publish/NAME still holds exactly what it wrote.
+
+    Fast paths, each falling back to the full check: files whose size and mtime match the stamp
+    are not hashed again; with HEAD unchanged (and the inputs' contents, which are in the key),
+    the inputs' git state is unchanged, so git is not asked."""
     try:
         stamp = json.loads(_stamp_path(ws, pp.post).read_text())
     except (FileNotFoundError, ValueError):
         return False
     out = ws.publish_dir / pp.post.name
-    return (stamp.get("key") == key and out.is_dir() and tree_hashes(out) == stamp.get("files")
-            and stamp.get("git") == git_state(ws.root, post_inputs(ws, pp)))
+    if stamp.get("key") != key or not out.is_dir():
+        return False
+    if tree_stats(out) != stamp.get("stats") and tree_hashes(out) != stamp.get("files"):
+        return False
+    current = head(ws.root)
+    if current is not None and current == stamp.get("head"):
+        return True
+    return stamp.get("git") == git_state(ws.root, post_inputs(ws, pp))
 
 
 def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
@@ -209,7 +224,8 @@ def _build_locked(ws: Workspace, pp: PostPlan, sel: Selection, command: str, key
         shutil.rmtree(stage, ignore_errors=True)
         raise
     out = ws.publish_dir / pp.post.name
-    stamp = {"key": key, "files": tree_hashes(out), "git": git_state(ws.root, post_inputs(ws, pp))}
+    stamp = {"key": key, "files": tree_hashes(out), "stats": tree_stats(out), "head": head(ws.root),
+             "git": git_state(ws.root, post_inputs(ws, pp))}
     atomic_write_text(_stamp_path(ws, pp.post), json.dumps(stamp, indent=1))
     return "rendered", warnings
 
