@@ -98,5 +98,5 @@ def test_built_html_renders_in_a_real_browser(post_ws, tmp_path):
     assert "<script" not in text and "http://" not in text.replace("http://www.w3.org", "")
     facts = check_page(html, tmp_path / "shot.png")
     assert facts["images"] == 2 and facts["images_loaded"] == 2, facts
-    assert facts["maths"] == 2 and facts["maths_sized"] == facts["maths"], facts
+    assert facts["maths"] == 4 and facts["maths_sized"] == facts["maths"], facts
     assert facts["requests"] == [] and facts["console_errors"] == [], facts

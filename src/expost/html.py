@@ -258,17 +258,25 @@ def _converter(base_dir: Path) -> markdown.Markdown:
     return md
 
 
+def _inline(text: str, base_dir: Path) -> str:
+    """A title or summary line as inline HTML: its maths rendered like the body's."""
+    out = _converter(base_dir).convert(text).strip()
+    return out[3:-4] if out.startswith("<p>") and out.endswith("</p>") else html.escape(text)
+
+
 def markdown_to_html(md_text: str, *, title: str, base_dir: Path, summary: str = "") -> str:
     """One self-contained HTML page for a post's markdown; images are read from under `base_dir`."""
     body = _converter(Path(base_dir)).convert(md_text)
-    _Audit().feed(body)
+    heading, summary_html = (_inline(t, Path(base_dir)) for t in (title, summary))
+    for part in (body, heading, summary_html):
+        _Audit().feed(part)
     style = HtmlFormatter(style=PYGMENTS_STYLE).get_style_defs(".codehilite")
-    lead = f'<p class="summary">{html.escape(summary)}</p>\n' if summary.strip() else ""
+    lead = f'<p class="summary">{summary_html}</p>\n' if summary.strip() else ""
     return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n"
         f"<style>{CSS}\n{style}\n</style>\n</head>\n<body>\n<article>\n"
-        f"<h1>{html.escape(title)}</h1>\n{lead}{body}\n</article>\n</body>\n</html>\n"
+        f"<h1>{heading}</h1>\n{lead}{body}\n</article>\n</body>\n</html>\n"
     )
