@@ -12,8 +12,6 @@ tests and callers can check the data handed to the drawing without looking at pi
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -58,19 +56,6 @@ def _target(path) -> tuple[Path, str]:
     return path, fmt
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are published
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
     """Yield (fig, axes) in the house style; save deterministically when the block succeeds."""
@@ -92,7 +77,9 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
             extra = {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.05, **extra)
     data = _compact_png(buf.getvalue()) if fmt == "png" else buf.getvalue()
-    _write_atomic(path, data)
+    from expost.cache import atomic_write
+
+    atomic_write(path, data)
 
 
 def _compact_png(data: bytes) -> bytes:
