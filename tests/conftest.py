@@ -1,4 +1,3 @@
-import os
 import shutil
 from pathlib import Path
 
@@ -59,3 +58,14 @@ def expost(ws, tmp_path):
 
 def pytest_addoption(parser):
     parser.addoption("--update-goldens", action="store_true", help="Rewrite tests/golden/* from the current output.")
+
+
+def make_workspace(root: Path, experiments=(), templates=()) -> Path:
+    """A workspace at `root` holding copies of the named fixture experiments and post templates."""
+    (root / "experiments").mkdir(parents=True)
+    (root / "templates").mkdir()
+    for name in experiments:
+        shutil.copy(FIXTURES / name, root / "experiments")
+    for name in templates:
+        shutil.copy(FIXTURES / "templates" / name, root / "templates")
+    return root

@@ -48,7 +48,7 @@ def test_a_missing_seed_reruns_its_whole_block_with_identical_numbers(expost, ba
 def test_scurves_batched_and_per_seed_agree():
     """Stated tolerance: series within 1e-6 of their largest value; drop statistics identical;
     the final loss (at float32's noise floor, ~1e-9 of the initial loss) within 1e-6 of the initial loss."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         import scurves

@@ -1,7 +1,5 @@
 """`expost build` / `render` end to end: real workers, real files, a real browser."""
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +11,13 @@ from browser import check_page, require_browser
 from expost.cli import cli
 from expost.export import comparable
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from conftest import make_workspace
+
 
 
 @pytest.fixture
 def post_ws(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    (root / "experiments").mkdir(parents=True)
-    (root / "templates").mkdir()
-    shutil.copy(FIXTURES / "tiny_torch.py", root / "experiments")
-    shutil.copy(FIXTURES / "templates" / "tiny.md.j2", root / "templates")
+    root = make_workspace(tmp_path / "ws", ["tiny_torch.py"], ["tiny.md.j2"])
     monkeypatch.chdir(root)
     return root
 

@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from expost.cli import cli
 from expost.errors import PublishError
 from expost.export import _add, check_gist
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from conftest import make_workspace
+
 
 
 @pytest.fixture
 def post_ws(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    (root / "experiments").mkdir(parents=True)
-    (root / "templates").mkdir()
-    for name in ("tiny_torch.py", "noisy.py"):
-        shutil.copy(FIXTURES / name, root / "experiments")
-    for name in ("tiny.md.j2", "noisy.md.j2"):
-        shutil.copy(FIXTURES / "templates" / name, root / "templates")
+    root = make_workspace(tmp_path / "ws", ["tiny_torch.py", "noisy.py"], ["tiny.md.j2", "noisy.md.j2"])
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "inputs"],

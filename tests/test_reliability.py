@@ -1,7 +1,6 @@
 """Crash safety, interrupts and concurrent builds, with real processes and signals."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,18 +11,14 @@ import pytest
 
 from expost.cache import Cache
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from conftest import make_workspace
+
 TOTAL = 12  # 2 rates x 6 seeds
 
 
 @pytest.fixture
 def slow_ws(tmp_path, cache_dir):
-    root = tmp_path / "ws"
-    (root / "experiments").mkdir(parents=True)
-    (root / "templates").mkdir()
-    shutil.copy(FIXTURES / "slow.py", root / "experiments")
-    shutil.copy(FIXTURES / "templates" / "slow.md.j2", root / "templates")
-    return root
+    return make_workspace(tmp_path / "ws", ["slow.py"], ["slow.md.j2"])
 
 
 def env(tmp_path, cache_dir, log="ran.log"):

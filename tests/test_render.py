@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expost import caveats
 from expost.claims import evaluate
 from expost.codeembed import extract
 from expost.errors import TemplateError

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from expost.errors import NoRunsError, ResultError, SpecError
-from expost.plan import config_label
 from expost.results import Record, ResultSet
 from expost.spec import Claim, Spec
 

@@ -17,7 +17,6 @@ import json
 import platform
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from expost.cache import Cache, atomic_write_text
@@ -117,7 +116,7 @@ def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> l
 
 
 def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
-            force: bool = False, on_done: Callable[[Outcome], None] | None = None,
+            force: bool = False, on_done: Callable[[object], None] | None = None,
             on_start: Callable[[int], None] | None = None,
             on_corrupt: Callable[[list], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
