@@ -16,6 +16,7 @@ from expost.errors import PublishError
 from expost.export import _add, check_gist
 
 from conftest import make_workspace
+from fakegist import OWNER, fake_gist  # noqa: F401  (fake_gist is a fixture)
 
 
 
@@ -194,3 +195,30 @@ def test_publish_to_a_git_remote_pins_image_urls(post_ws, tmp_path):
     md = (post_ws / "publish" / "tiny" / "post.md").read_text()
     assert f"https://example.org/raw/{second}/fig1-curves-loss-lr.png" in md
     assert invoke("build", "--check", "-q", "tiny").exit_code == 0
+
+
+def test_publish_gist_through_the_cli(post_ws, fake_gist, monkeypatch, capfd):
+    """`expost publish gist` end to end against the loopback stand-in for the GitHub gist API."""
+    monkeypatch.setenv("EXPOST_GITHUB_API", fake_gist.url)
+    monkeypatch.setenv("GITHUB_TOKEN", fake_gist.token)
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    dry = invoke("publish", "gist", "tiny", "--dry-run")
+    assert dry.exit_code == 0 and '"requests"' in dry.output
+    assert [r for r in fake_gist.requests if r.method != "GET"] == []  # a dry run sends nothing
+    r = invoke("publish", "gist", "tiny")
+    assert r.exit_code == 0, r.output
+    record = json.loads((post_ws / "publish" / "published.json").read_text())["tiny"]
+    assert record["kind"] == "gist" and record["owner"] == OWNER
+    md = (post_ws / "publish" / "tiny" / "post.md").read_text()
+    images = [t.attrs["src"] for t in walk(parse(md)) if t.type == "image"]
+    assert images == [f"https://gist.githubusercontent.com/{OWNER}/{record['id']}/raw/{record['commit']}/{name}"
+                      for name in ("fig1-curves-loss-lr.png", "fig2-seeds-loss.png")]
+    again = invoke("publish", "gist", "tiny")
+    assert again.exit_code == 0
+    methods = [(q.method, q.path) for q in fake_gist.requests if q.method != "GET"]
+    assert methods[0] == ("POST", "/gists") and all(m == "PATCH" for m, _ in methods[1:])
+    assert json.loads((post_ws / "publish" / "published.json").read_text())["tiny"]["id"] == record["id"]
+    out, err = capfd.readouterr()
+    everything = r.output + again.output + dry.output + out + err
+    everything += "".join(p.read_text(errors="ignore") for p in post_ws.rglob("*") if p.is_file())
+    assert fake_gist.token not in everything
