@@ -117,3 +117,11 @@ def test_code_helper_regions_and_methods(tmp_path):
     assert extract(p, region="core") == "x = 1\ny = 2"
     with pytest.raises(TemplateError, match="no region 'other'.*regions: core"):
         extract(p, region="other")
+
+
+def test_a_failing_figure_function_is_reported_with_its_figure(post_ws):
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    body = "{{ figure(results('toy'), 'curves', 'curve', by='rate') }}\n{{ figure(results('toy'), 'run') }}\n"
+    (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n{body}")
+    with pytest.raises(TemplateError, match=r"figure fig2-run\.png: \w+Error"):
+        render_post(post_ws, "bad")

@@ -6,6 +6,8 @@ render in a sandboxed Jinja environment with StrictUndefined; the helpers below 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -98,6 +100,31 @@ class Helpers:
         self.figures_dir = figures_dir
         self.figures: dict[str, Path] = {}
         self.count = 0
+        self.jobs: list = []  # figures are drawn after the template, several at once
+
+    def _draw(self, fn, path: Path, *args, **kwargs) -> None:
+        self.jobs.append((fn, path, args, kwargs))
+
+    def draw_all(self) -> None:
+        """Draw every figure the template asked for: in forked workers when there are several
+        (each file's bytes do not depend on where it was drawn), else here."""
+        jobs, self.jobs = self.jobs, []
+        workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            import matplotlib.backends.backend_agg  # noqa: F401  (imported once, before the fork)
+
+            global _JOBS
+            _JOBS = jobs
+            try:
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    errors = pool.map(_draw_job, range(len(jobs)))
+            finally:
+                _JOBS = []
+        else:
+            errors = [_draw(job) for job in jobs]
+        for error in errors:
+            if error:
+                raise TemplateError(error)
 
     def globals(self) -> dict:
         return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
@@ -225,39 +252,55 @@ class Helpers:
         if kind in ("curves", "scalar", "seeds", "panels") and output is None:
             raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
         if kind == "curves":
-            figures.curves(path, {label(v): g.series(output) for v, g in groups.items()},
-                           ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "scalar":
             if not by:
                 raise TemplateError("figure(kind='scalar') needs by=AXIS: the conditions on the x axis")
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in groups)
             cond = {(v if numeric else label(v)): g.scalar(output) for v, g in groups.items()}
-            figures.scalar_by_condition(path, cond, ylabel=ylabel or output, xlabel=xlabel or by, logy=logy,
-                                        logx=logx, numeric_x=numeric)
+            self._draw(figures.scalar_by_condition, path, cond, ylabel=ylabel or output, xlabel=xlabel or by,
+                       logy=logy, logx=logx, numeric_x=numeric)
             what = f"Each point is one of {n} seeds; bars: median and its 95% bootstrap CI"
         elif kind == "seeds":
             single = groups[next(iter(groups))] if len(groups) == 1 else r
             arr = single.series(output)
-            figures.small_multiples(path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
-                                    ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            self._draw(figures.small_multiples, path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
             what = f"One panel per seed ({n} seeds)"
         elif kind == "panels":
-            figures.small_multiples(path, {label(v): g.series(output) for v, g in groups.items()},
-                                    ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+            self._draw(figures.small_multiples, path, {label(v): g.series(output) for v, g in groups.items()},
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
             what = f"One panel per condition; each line is one of {n} seeds"
         else:
             fn = getattr(spec.module, kind, None)
             if not callable(fn):
                 raise TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
                                     f"and not a function in {spec.path.name}")
-            figures.custom(path, fn, r)
+            self._draw(figures.custom, path, fn, r)
             what = f"{n} seeds"
         self.figures[rel] = path
         alt_text = alt or f"{kind} of {output or kind}" + (f" by {by}" if by else "")
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+_JOBS: list = []  # the figure jobs of the render in progress, inherited by forked workers
+
+
+def _draw(job) -> str | None:
+    fn, path, args, kwargs = job
+    try:
+        fn(path, *args, **kwargs)
+    except Exception as e:  # a user figure function, or bad data: reported with the figure's file
+        return f"figure {path.name}: {type(e).__name__}: {e}"
+    return None
+
+
+def _draw_job(i: int) -> str | None:
+    return _draw(_JOBS[i])
 
 
 def _template_where(tb, filename: str) -> str | None:
@@ -304,6 +347,7 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
             hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)"
         text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
         raise TemplateError(f"{loc}: {text}{hint}") from None
+    helpers.draw_all()
     header = f"# {post.title}\n\n*{post.summary}*\n\n"
     body = text.strip() + "\n"
     return Rendered(header + body, body, helpers.figures)
