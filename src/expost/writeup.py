@@ -120,7 +120,11 @@ def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
     current = head(ws.root)
     if current is not None and current == stamp.get("head"):
         return True
-    return stamp.get("git") == git_state(ws.root, post_inputs(ws, pp))
+    if stamp.get("git") != git_state(ws.root, post_inputs(ws, pp)):
+        return False
+    if current is not None:  # HEAD moved without touching the inputs: remember, so git is not asked again
+        atomic_write_text(_stamp_path(ws, pp.post), json.dumps({**stamp, "head": current}, indent=1))
+    return True
 
 
 def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
