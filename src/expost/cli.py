@@ -335,13 +335,7 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
                 click.echo(f"{pp.post.name}: up to date")
     if not todo:
         return
-    specs, plans = {}, {}
-    for pp in todo:
-        for name, spec in pp.specs.items():
-            specs[name] = spec
-            known = {r.key for r in plans.get(name, [])}
-            plans.setdefault(name, []).extend(r for r in pp.plans[name] if r.key not in known)
-    _execute(ws, list(specs.values()), plans, sel, jobs, quiet, force)
+    _execute(ws, *writeup.union_of_runs(todo), sel, jobs, quiet, force)
     stale = []
     for pp in todo:
         if check:

@@ -64,9 +64,14 @@ def _csv(records, axes: list[str], scalars: list[str]) -> str:
     return buf.getvalue()
 
 
+def _by_config(records) -> list:
+    """Runs in a stable order for the per-seed files: by config, then seed."""
+    return sorted(records, key=lambda r: (json.dumps(r.point, sort_keys=True), r.seed))
+
+
 def _results_json(rs, spec) -> str:
     runs = []
-    for r in sorted(rs.records, key=lambda r: (json.dumps(r.point, sort_keys=True), r.seed)):
+    for r in _by_config(rs.records):
         runs.append({"config": r.config, "seed": r.seed, "scalars": r.scalars, "key": r.key,
                      "nonfinite": list(r.nonfinite),
                      "series_sha256": {n: _series_digest(r, n) for n, o in spec.outputs.items() if o.kind == "series"}})
@@ -109,18 +114,18 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
 
     _add(names, "README.md", "the post")
     (gist / "README.md").write_text(IMAGE_LINK.sub(r"\1\2\3", relative_md), encoding="utf-8")
-    inputs: list[Path] = [pp.post.path]
+    copied: set[Path] = set()  # experiments may share a helper module
     for name, spec in specs.items():
         for src in local_sources(spec.path, spec.path.parent):
-            if src in inputs:
+            if src in copied:
                 continue
-            inputs.append(src)
+            copied.add(src)
             _add(names, src.name, ws.rel(src))
             shutil.copyfile(src, gist / src.name)
         rs = rsets[name]
         axes = spec.axes
         scalars = [n for n, o in spec.outputs.items() if o.kind == "scalar"]
-        records = sorted(rs.records, key=lambda r: (json.dumps(r.point, sort_keys=True), r.seed))
+        records = _by_config(rs.records)
         for fname, text in ((f"results-{name}.csv", _csv(records, axes, scalars)),
                             (f"results-{name}.json", _results_json(rs, spec))):
             _add(names, fname, "per-seed results")

@@ -27,7 +27,8 @@ class Selection:
     device: str = "cpu"
 
 
-def load_specs(ws: Workspace, names=(), full: bool = False) -> list[Spec]:
+def load_specs(ws: Workspace, names=()) -> list[Spec]:
+    """The named experiments' static specs (all of them when no names are given)."""
     names = tuple(dict.fromkeys(names))  # `expost run toy toy` means toy once
     paths = discover(ws.experiments_dir)
     by_name = {p.stem: p for p in paths}
@@ -36,7 +37,7 @@ def load_specs(ws: Workspace, names=(), full: bool = False) -> list[Spec]:
             raise SpecError(f"no experiment {n!r} in {ws.rel(ws.experiments_dir)}/. "
                             f"Available: {', '.join(by_name) or '(none)'}")
     chosen = [by_name[n] for n in names] if names else paths
-    specs = [load_full(p) if full else load_static(p) for p in chosen]
+    specs = [load_static(p) for p in chosen]
     seen = {}
     for s in specs:
         if s.name in seen:
@@ -183,14 +184,14 @@ def _record(cache: Cache, outcomes: list) -> None:
         cache.update_index(exp, records)
 
 
-def results(ws: Workspace, spec: Spec, runs: list[PlannedRun], verify: bool = True):
+def results(ws: Workspace, spec: Spec, runs: list[PlannedRun]):
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
     from expost.results import Record, ResultSet
 
     cache = Cache(ws.cache_dir)
     records = []
     for r in runs:
-        entry = cache.read(r.key, verify=verify)
+        entry = cache.read(r.key)
         if entry is None:
             continue
         m = entry.meta

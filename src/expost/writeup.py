@@ -55,6 +55,18 @@ def plan_post(ws: Workspace, post: Post, sel: Selection) -> PostPlan:
     return PostPlan(post, specs, plan_runs(list(specs.values()), sel))
 
 
+def union_of_runs(pps: list[PostPlan]) -> tuple[list[Spec], dict[str, list[PlannedRun]]]:
+    """The experiments and runs that several posts need, each run once."""
+    specs: dict[str, Spec] = {}
+    plans: dict[str, list[PlannedRun]] = {}
+    for pp in pps:
+        for name, spec in pp.specs.items():
+            specs[name] = spec
+            known = {r.key for r in plans.get(name, [])}
+            plans.setdefault(name, []).extend(r for r in pp.plans[name] if r.key not in known)
+    return list(specs.values()), plans
+
+
 def command_for(post: Post, sel: Selection) -> str:
     parts = ["expost build", post.name]
     if sel.seeds:
