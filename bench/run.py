@@ -706,7 +706,7 @@ def report(b: Bench, rows: list[Row], info: dict, started: str, load_start: str,
     out += [f"| {k} | {v} |" for k, v in info.items()]
     out += [f"| load average at start (1, 5, 15 min) | {load_start} |",
             f"| load average at end | {loadavg()} |", "",
-            "The machine's 2 cores are shared with other work, so the load average is part of every number: "
+            f"The machine's {os.cpu_count()} cores may be shared with other work, so the load average is part of every number: "
             "each row's load at its start is in the table. Times are whole processes unless a row says "
             "otherwise; expost and its baseline alternate within each repetition.", "",
             "## Results", ""]

@@ -45,10 +45,14 @@ def test_a_missing_seed_reruns_its_whole_block_with_identical_numbers(expost, ba
     assert np.array_equal(pipeline.results(w, spec, runs).scalar("final"), before)
 
 
-def test_scurves_batched_and_per_seed_agree():
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_scurves_batched_and_per_seed_agree(device):
     """Stated tolerance: series within 1e-6 of their largest value; drop statistics identical;
-    the final loss (at float32's noise floor, ~1e-9 of the initial loss) within 1e-6 of the initial loss."""
-    pytest.importorskip("torch")
+    the final loss (at float32's noise floor, ~1e-9 of the initial loss) within 1e-6 of the initial loss.
+    The cuda case runs where a GPU is present (bench/results.md records the run on one)."""
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         import scurves
@@ -56,7 +60,7 @@ def test_scurves_batched_and_per_seed_agree():
         sys.path.remove(str(REPO / "experiments"))
     seeds = [1, 2, 3]
     for model, rank in (("factored", 1), ("factored", 2), ("vector", 1), ("scalar", 2)):
-        cfg = {**scurves.PARAMS, "steps": 300, "model": model, "rank": rank}
+        cfg = {**scurves.PARAMS, "steps": 300, "model": model, "rank": rank, "device": device}
         singles = [scurves.run(cfg, s) for s in seeds]
         batch = scurves.run_batch(cfg, seeds)
         for a, b in zip(singles, batch):
