@@ -1,0 +1,197 @@
+"""`expost serve`: commands run in forks of a warm server behave exactly like local ones.
+
+Real processes throughout: a detached server, the `expost` client in a new session, signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from expost.cache import Cache
+
+from conftest import make_workspace
+from test_reliability import TOTAL, entries, env, ran, start, wait_for_entries
+
+
+def expost_cmd(args, ws, environ, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "expost", *args], cwd=ws, env=environ, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def slow_ws(tmp_path, cache_dir):
+    return make_workspace(tmp_path / "ws", ["slow.py", "toy.py"], ["slow.md.j2"])
+
+
+@pytest.fixture
+def server(slow_ws, tmp_path, cache_dir):
+    """A detached server for slow_ws; stopped (and checked to be gone) afterwards."""
+    environ = env(tmp_path, cache_dir)
+    r = expost_cmd(["serve", "--detach", "--idle", "5"], slow_ws, environ)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("server ready: pid ")
+    pid = int(r.stdout.split("pid ")[1].split(",")[0])
+    yield {"pid": pid, "env": environ, "ws": slow_ws}
+    expost_cmd(["serve", "--stop"], slow_ws, environ)
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def served(server):
+    r = expost_cmd(["serve", "--status"], server["ws"], server["env"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return int(r.stdout.split("; ")[1].split(" request")[0])
+
+
+def test_commands_go_through_the_server_with_identical_results(server, tmp_path, cache_dir):
+    ws, environ = server["ws"], server["env"]
+    before = served(server)
+    r = expost_cmd(["run", "slow", "-j", "2", "-q", "--set", "pause=0.01"], ws, environ)
+    assert r.returncode == 0, r.stderr
+    assert "0 cached, 12 ran, 0 failed" in r.stderr  # the summary reaches the client's own stderr
+    assert served(server) == before + 2  # the run and the status request before it
+    # the same runs without the server, in another cache: the same keys with the same numbers
+    local_cache = tmp_path / "local-cache"
+    r2 = expost_cmd(["run", "slow", "-j", "2", "-q", "--set", "pause=0.01"], ws,
+                    {**environ, "EXPOST_CACHE_DIR": str(local_cache), "EXPOST_NO_SERVER": "1"})
+    assert r2.returncode == 0, r2.stderr
+    assert served(server) == before + 3  # EXPOST_NO_SERVER=1: not sent
+    a, b = Cache(cache_dir), Cache(local_cache)
+    keys = sorted(p.parent.name for p in entries(cache_dir))
+    assert keys == sorted(p.parent.name for p in entries(local_cache)) and len(keys) == 12
+    for key in keys:
+        ea, eb = a.read(key), b.read(key)
+        assert ea.meta["scalars"] == eb.meta["scalars"]
+        assert (ea.series("curve") == eb.series("curve")).all()
+
+
+def test_exit_codes_stdout_and_usage_errors_pass_through(server):
+    ws, environ = server["ws"], server["env"]
+    r = expost_cmd(["run", "toy", "-q", "--set", "nope=1"], ws, environ)
+    assert r.returncode == 1 and "has no parameter 'nope'" in r.stderr
+    r = expost_cmd(["run", "toy", "--bogus"], ws, environ)
+    assert r.returncode == 2 and "No such option '--bogus'" in r.stderr
+    before = served(server)
+    r = expost_cmd(["run", "toy", "--explain"], ws, environ)
+    assert r.returncode == 0 and "toy\trate=0.5\tseed 1\tnever run" in r.stdout  # the client's own stdout
+    for extra in ([], ["--set", "steps=1"]):  # claims hold; then a claim fails (exit 1)
+        assert expost_cmd(["run", "toy", "-q", *extra], ws, environ).returncode == 0
+        r = expost_cmd(["check", "toy", *extra], ws, environ)  # claims evaluated in the fork
+        local = expost_cmd(["check", "toy", *extra], ws, {**environ, "EXPOST_NO_SERVER": "1"})
+        assert (r.returncode, r.stdout, r.stderr) == (local.returncode, local.stdout, local.stderr)
+        assert "The final value is below 1." in r.stdout
+    assert r.returncode == 1
+    assert served(server) == before + 6
+
+
+def test_an_edited_experiment_is_seen_at_once(server, cache_dir):
+    """The server never imports experiments: each command imports them fresh in its fork."""
+    ws, environ = server["ws"], server["env"]
+    assert expost_cmd(["run", "toy", "-q", "--seeds", "2"], ws, environ).returncode == 0
+    path = ws / "experiments" / "toy.py"
+    source = path.read_text()
+    assert source.count('"final": final}') == 1
+    path.write_text(source.replace('"final": final}', '"final": 1000 + final}'))
+    r = expost_cmd(["run", "toy", "-q", "--seeds", "2", "--explain"], ws, environ)
+    assert "source changed" in r.stdout, r.stdout
+    r = expost_cmd(["run", "toy", "-q", "--seeds", "2"], ws, environ)
+    assert r.returncode == 0 and "0 cached, 4 ran" in r.stderr, r.stderr
+    finals = [json.loads(p.read_text())["scalars"]["final"] for p in entries(cache_dir)]
+    assert len(finals) == 8 and sum(f >= 1000 for f in finals) == 4  # 2 rates x 2 seeds, rerun with the edit
+
+
+def test_ctrl_c_in_the_client_stops_the_command_and_keeps_completed_runs(server, tmp_path, cache_dir):
+    environ = server["env"]
+    proc = start(["run", "slow", "-j", "2", "-q", "--set", "pause=1.5"], server["ws"], environ)
+    wait_for_entries(cache_dir, 2, proc)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the client alone
+    out, err = proc.communicate(timeout=10)
+    assert time.time() - t0 < 2.0
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted: completed runs are cached; run the same command "
+                                           "again to finish.")
+    time.sleep(2)  # nothing of the interrupted command runs on
+    kept = len(entries(cache_dir))
+    assert 2 <= kept < TOTAL
+    lines = ran(tmp_path)
+    time.sleep(1.6)
+    assert ran(tmp_path) == lines
+    assert served(server) >= 1  # and the server is still there for the next command
+
+
+def test_a_killed_client_takes_its_command_down_with_it(server, tmp_path, cache_dir):
+    proc = start(["run", "slow", "-j", "2", "-q", "--set", "pause=1.0"], server["ws"], server["env"])
+    wait_for_entries(cache_dir, 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.5)
+    n = len(ran(tmp_path))
+    time.sleep(2.0)
+    assert len(ran(tmp_path)) == n < TOTAL  # no worker runs on unattended
+    cache = Cache(cache_dir)
+    assert all(cache.read(p.parent.name) is not None for p in entries(cache_dir))
+    kept = len(entries(cache_dir))
+    r = expost_cmd(["run", "slow", "-j", "2", "-q", "--set", "pause=0.2"], server["ws"], server["env"])
+    assert r.returncode == 0, r.stderr
+    r = expost_cmd(["run", "slow", "-j", "2", "-q", "--set", "pause=1.0"], server["ws"], server["env"])
+    assert r.returncode == 0 and f"{kept} cached, {TOTAL - kept} ran, 0 failed" in r.stderr, r.stderr
+
+
+def test_another_environment_runs_locally_and_says_why(server):
+    r = expost_cmd(["run", "toy", "-q", "--seeds", "1"], server["ws"], {**server["env"], "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "not using the server ($OMP_NUM_THREADS differ from when it started): running here" in r.stderr
+    assert "0 failed" in r.stderr
+
+
+def test_the_server_stops_itself_when_installed_packages_change(slow_ws, tmp_path, cache_dir):
+    site = tmp_path / "site"
+    site.mkdir()
+    environ = {**env(tmp_path, cache_dir), "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    assert expost_cmd(["serve", "--detach", "--idle", "5"], slow_ws, environ).returncode == 0
+    (site / "newpkg.py").write_text("")  # `pip install` into a folder on the path changes its mtime
+    r = expost_cmd(["run", "toy", "-q", "--seeds", "1"], slow_ws, environ)
+    assert r.returncode == 0, r.stderr
+    assert ("not using the server (packages differ from when it started)" in r.stderr
+            or "not using the server" not in r.stderr)  # or it had already noticed and stopped
+    for _ in range(60):
+        if expost_cmd(["serve", "--status"], slow_ws, environ).returncode == 1:
+            break
+        time.sleep(0.1)
+    r = expost_cmd(["serve", "--status"], slow_ws, environ)
+    assert r.returncode == 1 and "no server is running" in r.stdout
+
+
+def test_one_server_per_cache_and_idle_exit(slow_ws, tmp_path, cache_dir):
+    environ = env(tmp_path, cache_dir)
+    r = expost_cmd(["serve", "--status"], slow_ws, environ)
+    assert r.returncode == 1 and "no server is running" in r.stdout
+    r = expost_cmd(["serve", "--detach", "--idle", "0.05"], slow_ws, environ)  # 3 s
+    assert r.returncode == 0, r.stderr
+    again = expost_cmd(["serve", "--detach"], slow_ws, environ)
+    assert again.returncode == 1 and "a server is already running" in again.stderr
+    assert "Traceback" not in again.stderr
+    deadline = time.time() + 20
+    while expost_cmd(["serve", "--status"], slow_ws, environ).returncode == 0:
+        assert time.time() < deadline, "the idle server did not exit"
+        time.sleep(0.5)
+    assert "stopped (idle for 3 s)" in (cache_dir / "serve.log").read_text()
+    assert not (cache_dir / "serve.sock").exists()
