@@ -1,6 +1,8 @@
 """Batched seeds: used automatically, in fixed blocks, and in agreement with per-seed runs."""
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +72,39 @@ def test_scurves_batched_and_per_seed_agree(device):
             for name in ("drop_step", "plateau_steps", "sharpness"):
                 assert a[name] == b[name], (model, rank, name)
             assert abs(a["final_loss"] - b["final_loss"]) <= 1e-6 * float(a["loss"][0])
+
+
+def test_expost_run_on_cuda_in_forked_workers(tmp_path, monkeypatch):
+    """`--device cuda` through the CLI, locally and through `expost serve`: workers are forked
+    (CUDA is first touched inside them) and both give the same numbers."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    ws = tmp_path / "ws"
+    (ws / "experiments").mkdir(parents=True)
+    for name in ("scurves.py", "_lowrank.py"):
+        shutil.copy(REPO / "experiments" / name, ws / "experiments" / name)
+    args = ["run", "scurves", "--device", "cuda", "--where", "model=factored", "--where", "rank=1",
+            "--where", "init_scale=0.001", "--set", "steps=300", "-j", "2", "-q"]
+    finals = []
+    for served in (False, True):
+        environ = {**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / f"cache-{served}")}
+        cmd = [sys.executable, "-m", "expost"]
+        if served:
+            r = subprocess.run([*cmd, "serve", "--detach", "--idle", "2"], cwd=ws, env=environ, capture_output=True,
+                               text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+        try:
+            r = subprocess.run([*cmd, *args], cwd=ws, env=environ, capture_output=True, text=True, timeout=600)
+        finally:
+            if served:
+                subprocess.run([*cmd, "serve", "--stop"], cwd=ws, env=environ, capture_output=True, timeout=60)
+        assert r.returncode == 0 and "10 ran, 0 failed" in r.stderr, r.stderr
+        w = find_workspace(ws)
+        monkeypatch.setenv("EXPOST_CACHE_DIR", environ["EXPOST_CACHE_DIR"])
+        spec = pipeline.load_specs(w, ["scurves"])[0]
+        runs = pipeline.plan_runs([spec], pipeline.Selection(where={"model": "factored", "rank": "1",
+                                                                    "init_scale": "0.001"},
+                                                             set={"steps": "300"}, device="cuda"))["scurves"]
+        finals.append(pipeline.results(w, spec, runs).scalar("final_loss"))
+    assert len(finals[0]) == 10 and np.array_equal(finals[0], finals[1])

@@ -1,8 +1,8 @@
 """Run stage: execute planned runs in worker processes and write each result to the cache.
 
-Workers are spawned (safe with torch and CUDA), keep each experiment module imported across the
-runs they execute (torch is imported once per worker, not once per run), and use one torch thread
-each when several run in parallel. A failing run writes its traceback and output to a log and
+Workers are forked where possible (spawned once this process has initialised CUDA), keep each
+experiment module imported across the runs they execute (torch is imported once, not once per run),
+and use one torch thread each when several run in parallel. A failing run writes its traceback and output to a log and
 never stops the others; every completed run is in the cache before the command returns.
 """
 
@@ -259,12 +259,21 @@ def _run_one(task: Task) -> Outcome:
 def make_executor(jobs: int, device: str = "cpu", threads: int | None = None) -> Executor:
     """Local worker processes; a distributed executor with the same interface can replace this.
 
-    On Linux with the CPU, workers are forked: they inherit the imported torch instead of paying
-    its import again (as torch's own DataLoader workers do). CUDA cannot survive a fork, and other
-    platforms lack it, so there they are spawned."""
-    method = "fork" if device.startswith("cpu") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
+    Where fork exists (Linux), workers are forked: they inherit the imported torch instead of
+    paying its import again (as torch's own DataLoader workers do). A CUDA context cannot survive
+    a fork, so once this process has initialised CUDA, workers are spawned instead; experiments are
+    only imported here, never run, so normally CUDA is first touched inside a worker."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(start_method(device)),
                                initializer=_init_worker, initargs=(threads,))
+
+
+def start_method(device: str) -> str:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    torch = sys.modules.get("torch")
+    if device.startswith("cpu") or torch is None:
+        return "fork"
+    return "spawn" if torch.cuda.is_initialized() else "fork"
 
 
 def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
