@@ -131,3 +131,65 @@ def test_cache_entries_are_complete_and_corruption_is_detected(expost, ws, cache
     assert len(_results(ws).where(rate=0.5)) == 4
     r = expost("run", "toy", "-q", "--where", "rate=0.5")
     assert len(r.ran) == 1
+
+
+def _age(paths, seconds=10):
+    """Move files' mtimes into the past, out of the racy window (as time passing would)."""
+    import os
+    import time
+
+    for p in paths:
+        t = time.time() - seconds
+        os.utime(p, (t, t))
+
+
+def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
+    """A no-op build parses no source: load_static's result comes back from the cache while every
+    file that decides it is unchanged (and old enough to trust its stats)."""
+    from expost import spec as spec_mod
+
+    w = find_workspace(ws)
+    first = pipeline.load_specs(w, ["toy", "other"])
+    _age((ws / "experiments").glob("*.py"))
+    pipeline.load_specs(w, ["toy", "other"])  # written again now that the files are trusted
+
+    def no_parse(path):
+        raise AssertionError(f"{path} was parsed again")
+
+    monkeypatch.setattr(pipeline, "load_static", no_parse)
+    again = pipeline.load_specs(w, ["toy", "other"])
+    assert [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in again] == \
+           [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in first]
+    monkeypatch.setattr(pipeline, "load_static", spec_mod.load_static)
+
+    # an edit is seen at once, even within the same second and with the same size
+    path = ws / "experiments" / "toy.py"
+    path.write_text(path.read_text().replace('"rate": 0.5,', '"rate": 0.7,'))
+    edited = pipeline.load_specs(w, ["toy"])[0]
+    assert edited.params["rate"] == 0.7 and edited.source_hash != first[0].source_hash
+
+
+def test_a_new_local_module_changes_the_remembered_source_hash(ws):
+    """`import helper` resolved to nothing local; creating experiments/helper.py must count."""
+    w = find_workspace(ws)
+    path = ws / "experiments" / "toy.py"
+    guarded = "import math\ntry:\n    import helper_mod_x  # noqa: F401\nexcept ImportError:\n    pass\n"
+    path.write_text(path.read_text().replace("import math\n", guarded, 1))
+    _age([path])
+    before = pipeline.load_specs(w, ["toy"])[0].source_hash
+    assert pipeline.load_specs(w, ["toy"])[0].source_hash == before
+    helper = ws / "experiments" / "helper_mod_x.py"
+    helper.write_text("X = 1\n")
+    _age([helper])  # even an old-looking new file: its presence alone changes the answer
+    after = pipeline.load_specs(w, ["toy"])[0].source_hash
+    assert after != before
+    helper.write_text("X = 22\n")
+    _age([helper], 5)
+    assert pipeline.load_specs(w, ["toy"])[0].source_hash not in (before, after)
+
+
+def test_a_corrupt_static_spec_store_is_ignored(ws, cache_dir):
+    w = find_workspace(ws)
+    good = pipeline.load_specs(w, ["toy"])[0].source_hash
+    (cache_dir / "specs.marshal").write_bytes(b"\x00garbage")
+    assert pipeline.load_specs(w, ["toy"])[0].source_hash == good

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +100,7 @@ def env_fingerprint(device: str = "cpu") -> dict:
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "torch": _minor("torch"),
         "device": device.split(":")[0],
-        "machine": platform.machine(),
+        "machine": os.uname().machine,  # what platform.machine() returns on POSIX, without importing it
         "format": RESULT_FORMAT,
     }
 

@@ -157,8 +157,11 @@ def _imported_cached(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) -> list[Path]:
-    """The script plus the workspace-local modules it imports (recursively), for the cache key."""
+def local_sources(path: Path, experiments_dir: Path, seen: set | None = None,
+                  checked: list | None = None) -> list[Path]:
+    """The script plus the workspace-local modules it imports (recursively), for the cache key.
+    `checked` collects every path looked at (present or not, package folders too): what decides
+    the answer, for a caller that remembers it."""
     seen = set() if seen is None else seen
     if path in seen:
         return []
@@ -170,13 +173,36 @@ def local_sources(path: Path, experiments_dir: Path, seen: set | None = None) ->
         return out
     for name in imported:
         for cand in (experiments_dir / f"{name}.py", experiments_dir / name / "__init__.py"):
+            if checked is not None:
+                checked.append(cand)
             if cand.exists():
                 if cand.name == "__init__.py":
+                    if checked is not None:
+                        checked += [cand.parent, *(d for d in sorted(cand.parent.rglob("*")) if d.is_dir())]
                     for sub in sorted(cand.parent.rglob("*.py")):
-                        out += local_sources(sub, experiments_dir, seen)
+                        out += local_sources(sub, experiments_dir, seen, checked)
                 else:
-                    out += local_sources(cand, experiments_dir, seen)
+                    out += local_sources(cand, experiments_dir, seen, checked)
     return out
+
+
+def static_inputs(path: Path) -> list[Path]:
+    """Every path whose presence or contents decide load_static(path)."""
+    checked: list[Path] = []
+    sources = local_sources(path, path.parent, checked=checked)
+    return list(dict.fromkeys([*sources, *checked]))
+
+
+def static_record(spec: Spec) -> tuple:
+    """load_static's result as plain values (marshal-able), for remembering it across processes."""
+    return (spec.name, spec.source_hash, spec.params, spec.sweep, spec.seeds,
+            [(o.name, o.kind, o.description) for o in spec.outputs.values()], spec.batched)
+
+
+def from_static_record(path: Path, record: tuple) -> Spec:
+    name, source, params, sweep, seeds, outputs, batched = record
+    return Spec(name=name, path=Path(path), source_hash=source, params=params, sweep=sweep, seeds=seeds,
+                outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched)
 
 
 def source_hash(path: Path, experiments_dir: Path) -> str:
