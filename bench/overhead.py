@@ -2,10 +2,10 @@
 
 Runs in one process (so interpreter and import time are not part of either side): the scurves
 training step (rank 1, n=100, full-batch SGD) for STEPS steps, once without any logging and once
-recording the loss into a preallocated tensor, then converting it with
+recording the loss with `losses.append(loss.item())` (the common idiom), then converting it with
 `expost.runner.convert_outputs` and writing it with `expost.cache.Cache.write`, the same calls a
-worker makes (a third variant records `loss.item()` into a list instead). The variants alternate,
-REPS times each; prints one JSON line with every timing.
+worker makes (a third variant records into a preallocated tensor instead, the GPU idiom). The
+variants alternate, REPS times each; prints one JSON line with every timing.
 
     python bench/overhead.py --cache /tmp/overhead-cache --reps 7
 """
@@ -50,29 +50,18 @@ def plain(seed):
     return time.perf_counter() - t0, final
 
 
-def logged(seed, cache, key):
-    C, X, Y, opt = setup(seed)
-    t0 = time.perf_counter()
-    losses = torch.empty(args.steps)
-    for t in range(args.steps):
-        loss = 0.5 * ((C - X @ Y.T) ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses[t] = loss.detach()
-    t_loop = time.perf_counter()
-    scalars, series, nonfinite = convert_outputs({"loss": losses, "final_loss": float(losses[-1])},
+def store(seed, cache, key, losses, final):
+    """convert_outputs + Cache.write: the calls an expost worker makes with a run's return value."""
+    scalars, series, nonfinite = convert_outputs({"loss": losses, "final_loss": final},
                                                  {"loss": "series", "final_loss": "scalar"})
     meta = {"experiment": "overhead", "config": {"steps": args.steps}, "point": {}, "seed": seed,
             "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
             "nonfinite": nonfinite, "wall_s": 0.0, "source_hash": "bench"}
     cache.write(key, meta, series)
-    t1 = time.perf_counter()
-    return t1 - t0, t1 - t_loop
 
 
-def logged_item(seed, cache, key):
-    """The same, recording with loss.item() into a Python list (no per-step tensor indexing)."""
+def logged(seed, cache, key):
+    """The common idiom: `losses.append(loss.item())` every step, then return the list."""
     C, X, Y, opt = setup(seed)
     t0 = time.perf_counter()
     losses = []
@@ -82,12 +71,25 @@ def logged_item(seed, cache, key):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    scalars, series, nonfinite = convert_outputs({"loss": torch.tensor(losses), "final_loss": losses[-1]},
-                                                 {"loss": "series", "final_loss": "scalar"})
-    meta = {"experiment": "overhead", "config": {"steps": args.steps}, "point": {}, "seed": seed,
-            "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
-            "nonfinite": nonfinite, "wall_s": 0.0, "source_hash": "bench"}
-    cache.write(key, meta, series)
+    t_loop = time.perf_counter()
+    store(seed, cache, key, losses, losses[-1])
+    t1 = time.perf_counter()
+    return t1 - t0, t1 - t_loop
+
+
+def logged_tensor(seed, cache, key):
+    """The same into a preallocated tensor (`losses[t] = loss.detach()`): no host sync per step,
+    the idiom for a GPU, and batched seeds' only option; slower per step on a CPU."""
+    C, X, Y, opt = setup(seed)
+    t0 = time.perf_counter()
+    losses = torch.empty(args.steps)
+    for t in range(args.steps):
+        loss = 0.5 * ((C - X @ Y.T) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses[t] = loss.detach()
+    store(seed, cache, key, losses, float(losses[-1]))
     return time.perf_counter() - t0
 
 
@@ -99,6 +101,6 @@ for rep in range(args.reps):
     seed = rep + 1
     a, _ = plain(seed)
     b, write = logged(seed, cache, f"{seed:064x}")
-    c = logged_item(seed, cache, f"{seed + 1000:064x}")
-    rows.append({"plain_s": a, "logged_s": b, "convert_write_s": write, "item_s": c})
+    c = logged_tensor(seed, cache, f"{seed + 1000:064x}")
+    rows.append({"plain_s": a, "logged_s": b, "convert_write_s": write, "tensor_s": c})
 print(json.dumps({"steps": args.steps, "reps": rows}))

@@ -570,21 +570,23 @@ def row_overhead(b: Bench) -> list[Row]:
     plain = [x["plain_s"] for x in data["reps"]]
     logged = [x["logged_s"] for x in data["reps"]]
     write = [x["convert_write_s"] for x in data["reps"]]
-    item = [x["item_s"] for x in data["reps"]]
+    tensor = [x["tensor_s"] for x in data["reps"]]
     over = med(logged) / med(plain) - 1
     paired = med([lg / pl - 1 for lg, pl in zip(logged, plain)])
     steps = data["steps"]
     return [Row(f"overhead: log {steps:,} series points + cache write vs no logging", fmt_s(med(logged)),
                 fmt_s(med(plain)), f"{over:+.1%}", "< 3 %", yes(over < 0.03),
-                reps={"plain": plain, "logged": logged, "convert_write": write, "item": item},
+                reps={"plain": plain, "logged": logged, "convert_write": write, "tensor": tensor},
                 notes=[f"in one process, torch 1 thread, {reps} alternating repetitions after a warm-up; "
                        f"median of paired ratios {paired:+.1%}",
+                       "logging = `losses.append(loss.item())` each step, the common idiom, then "
+                       "expost's convert_outputs + Cache.write of the list",
                        f"of which convert_outputs + Cache.write: median {med(write) * 1000:.1f} ms "
-                       f"({med(write) / med(plain):.1%}); the rest is `losses[t] = loss.detach()`, "
+                       f"({med(write) / med(plain):.1%}); the rest is the per-step `.item()`, "
                        f"about {(med(logged) - med(write) - med(plain)) / steps * 1e6:.1f} us per step "
                        f"on a {med(plain) / steps * 1e6:.0f} us step",
-                       f"for comparison, recording `loss.item()` into a list instead (same convert + write): "
-                       f"{med(item) / med(plain) - 1:+.1%}"])]
+                       f"for comparison, recording into a preallocated tensor instead (`losses[t] = loss.detach()`, "
+                       f"the GPU idiom; same convert + write): {med(tensor) / med(plain) - 1:+.1%}"])]
 
 
 SYNTH_EXPERIMENT = '''"""Synthetic curves for the render benchmark: six 5000-step series per seed, made with numpy in milliseconds.
