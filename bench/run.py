@@ -208,6 +208,12 @@ class Bench:
         self.memo: dict = {}
         self.notes: list[str] = []
         self.servers: dict = {}  # cache -> workspace of each `expost serve --detach` started here
+        # expost's bytecode, compiled as any installed package's is at install time: this machine
+        # sets PYTHONDONTWRITEBYTECODE, so an editable install would otherwise compile every module
+        # on every run (dvc, torch and click have theirs from pip)
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "src" / "expost")], check=True)
+        self.notes.append("expost's modules were byte-compiled first (`python -m compileall src/expost`), "
+                          "as pip does for installed packages; this machine sets PYTHONDONTWRITEBYTECODE.")
 
     def serve(self, ws: Path, cache: Path) -> float:
         """A warm `expost serve` for ws with this cache (stopped at the end); seconds its start took."""

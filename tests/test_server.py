@@ -195,3 +195,26 @@ def test_one_server_per_cache_and_idle_exit(slow_ws, tmp_path, cache_dir):
         time.sleep(0.5)
     assert "stopped (idle for 3 s)" in (cache_dir / "serve.log").read_text()
     assert not (cache_dir / "serve.sock").exists()
+
+
+def test_the_client_finds_the_same_cache_as_the_cli_and_imports_little(slow_ws, tmp_path, monkeypatch):
+    from expost import server
+    from expost.workspace import find_workspace
+
+    monkeypatch.chdir(slow_ws / "experiments")  # found upwards, as the CLI finds it
+    for env in (str(tmp_path / "elsewhere" / ".." / "cache2"), None):
+        if env:
+            monkeypatch.setenv("EXPOST_CACHE_DIR", env)
+        else:
+            monkeypatch.delenv("EXPOST_CACHE_DIR")
+        assert server._command_and_cache(["run", "slow"]) == ("run", str(find_workspace().cache_dir))
+        assert server._command_and_cache(["--workspace", str(slow_ws), "build"])[1] == str(find_workspace().cache_dir)
+    assert server._command_and_cache(["new", "experiment", "x"]) is None  # not a command a server runs
+    assert server._command_and_cache(["--version"]) is None
+    assert server._command_and_cache(["run", "--help"]) is None
+    probe = ("import sys; from expost.entry import main; sys.argv = ['expost', 'serve', '--status']\n"
+             "from expost.server import forward; forward(['run', 'slow'])\n"
+             "print(sorted(m for m in ('click', 'torch', 'numpy', 'pathlib', 'pickle') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=slow_ws, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

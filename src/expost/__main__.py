@@ -1,3 +1,3 @@
-from expost.cli import main
+from expost.entry import main
 
 main()

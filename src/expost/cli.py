@@ -561,11 +561,7 @@ def serve(ctx, detach, stop, status, idle):
 
 
 def main():
-    from expost.server import forward
-
-    code = forward(sys.argv[1:])  # a warm `expost serve` runs the command, if one is up for this workspace
-    if code is not None:
-        sys.exit(code)
+    """The CLI in this process (the `expost` command itself starts at expost.entry:main)."""
     cli(prog_name="expost")
 
 

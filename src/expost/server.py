@@ -22,10 +22,9 @@ the same workers to the same cache either way, so completed runs are never lost.
 
 from __future__ import annotations
 
-import hashlib
+import marshal
 import os
 import sys
-from pathlib import Path
 
 from expost.errors import ExpostError
 
@@ -45,32 +44,38 @@ HEADER = 8  # bytes of message length before each pickled message
 
 
 # -- what must match -------------------------------------------------------------------------
+# The client side imports no more than os, sys, socket and marshal: it runs before every command.
 
 def fingerprint(environ) -> dict:
     """What a server and a client must share for a forked command to behave as a local one."""
-    return {"python": f"{sys.executable} {sys.version}", "expost": _code_stamp(), "packages": _path_stamp(),
+    return {"python": f"{os.path.realpath(sys.executable)} {sys.prefix} {sys.version}", "expost": _code_stamp(),
+            "packages": _path_stamp(),
             "env": {k: v for k, v in sorted(environ.items())
                     if k in ENV_EXACT or k.startswith(ENV_PREFIXES)}}
 
 
-def _code_stamp() -> str:
-    pkg = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(p for p in pkg.rglob("*") if p.suffix in (".py", ".j2", ".tmpl", ".css", ".md")):
-        st = path.stat()
-        h.update(f"{path.relative_to(pkg)} {st.st_mtime_ns} {st.st_size}\n".encode())
-    return h.hexdigest()
+def _code_stamp() -> list:
+    """expost's own files with their modification times and sizes."""
+    pkg = os.path.dirname(os.path.realpath(__file__))
+    out = []
+    for folder, dirs, files in os.walk(pkg):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith((".py", ".j2", ".tmpl", ".css", ".md")):
+                st = os.stat(os.path.join(folder, name))
+                out.append((os.path.relpath(os.path.join(folder, name), pkg), st.st_mtime_ns, st.st_size))
+    return out
 
 
-def _path_stamp() -> str:
+def _path_stamp() -> list:
     """Import folders and their modification times: installing or removing a package changes them."""
-    h = hashlib.sha256()
+    out = []
     for entry in sys.path[1:]:  # [0] is the script's folder or the working directory
         try:
-            h.update(f"{entry} {os.stat(entry).st_mtime_ns}\n".encode())
+            out.append((entry, os.stat(entry).st_mtime_ns))
         except OSError:
-            h.update(f"{entry} -\n".encode())
-    return h.hexdigest()
+            out.append((entry, None))
+    return out
 
 
 def mismatch(mine: dict, theirs: dict) -> list[str]:
@@ -80,22 +85,22 @@ def mismatch(mine: dict, theirs: dict) -> list[str]:
     return out
 
 
-def socket_path(cache: Path) -> Path:
+def socket_path(cache) -> str:
     """In the cache folder; a unix socket's path is limited to ~107 bytes, so long ones go to /tmp."""
-    path = Path(cache) / SOCKET_NAME
-    if len(str(path)) <= 100:
+    path = os.path.join(str(cache), SOCKET_NAME)
+    if len(path) <= 100:
         return path
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    return Path("/tmp") / f"expost-{os.getuid()}-{digest}.sock"
+    import hashlib
+
+    return f"/tmp/expost-{os.getuid()}-{hashlib.sha256(path.encode()).hexdigest()[:16]}.sock"
 
 
-# -- messages ----------------------------------------------------------------------------------
+# -- messages: length-prefixed marshal (plain data only; the socket is this user's alone) ------
 
 def send(sock, obj, fds=()) -> None:
-    import pickle
     import socket
 
-    data = pickle.dumps(obj)
+    data = marshal.dumps(obj)
     data = len(data).to_bytes(HEADER, "big") + data
     if fds:
         sent = socket.send_fds(sock, [data], list(fds))
@@ -105,7 +110,6 @@ def send(sock, obj, fds=()) -> None:
 
 def recv(sock, with_fds: bool = False):
     """One message (and the file descriptors sent with it); None at end of stream."""
-    import pickle
     import socket
 
     fds: list[int] = []
@@ -121,13 +125,19 @@ def recv(sock, with_fds: bool = False):
         if not more:
             raise ConnectionError("the message was cut off")
         buf += more
-    obj = pickle.loads(bytes(buf[HEADER:]))
+    obj = marshal.loads(bytes(buf[HEADER:HEADER + int.from_bytes(buf[:HEADER], "big")]))
     return (obj, fds) if with_fds else obj
 
 
 # -- client ------------------------------------------------------------------------------------
 
-def _command_and_cache(argv: list[str]) -> tuple[str, Path] | None:
+def _cache_dir(root: str) -> str:
+    """workspace.cache_dir's answer, without importing pathlib (checked equal by a test)."""
+    env = os.environ.get("EXPOST_CACHE_DIR")
+    return os.path.realpath(env) if env else os.path.join(root, ".expost")
+
+
+def _command_and_cache(argv: list[str]) -> tuple[str, str] | None:
     """The command name and this workspace's cache folder, for argv worth sending; else None."""
     i, workspace = 0, None
     while i < len(argv) and argv[i].startswith("-"):
@@ -139,13 +149,15 @@ def _command_and_cache(argv: list[str]) -> tuple[str, Path] | None:
             return None  # --help, --version, anything unknown: the local CLI answers
     if i >= len(argv) or argv[i] not in COMMANDS or "--help" in argv[i + 1:]:
         return None
-    from expost.workspace import cache_dir
-
     try:
-        here = Path(workspace).resolve() if workspace else Path.cwd().resolve()
-        candidates = (here,) if workspace else (here, *here.parents)
-        root = next((p for p in candidates if (p / "experiments").is_dir()), None)
-        return (argv[i], cache_dir(root)) if root else None
+        here = os.path.realpath(workspace if workspace else os.getcwd())
+        while True:
+            if os.path.isdir(os.path.join(here, "experiments")):
+                return argv[i], _cache_dir(here)
+            parent = os.path.dirname(here)
+            if workspace or parent == here:
+                return None
+            here = parent
     except Exception:  # any problem with the workspace: the local CLI reports it properly
         return None
 
@@ -158,7 +170,7 @@ def forward(argv: list[str]) -> int | None:
     if not found:
         return None
     path = socket_path(found[1])
-    if not path.exists():
+    if not os.path.exists(path):
         return None
     try:
         for fd in (0, 1, 2):  # a closed standard stream cannot be handed over: run locally
@@ -169,7 +181,7 @@ def forward(argv: list[str]) -> int | None:
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        sock.connect(path)
     except OSError:  # a socket left by a server that is gone
         sock.close()
         return None
@@ -206,14 +218,14 @@ def _wait(sock):
             send(sock, {"op": "interrupt"})
 
 
-def request(cache: Path, op: str, timeout: float = 5.0):
+def request(cache: os.PathLike | str, op: str, timeout: float = 5.0):
     """A status or stop request; None when no server answers."""
     import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(socket_path(cache)))
+        sock.connect(socket_path(cache))
         send(sock, {"op": op})
         return recv(sock)
     except OSError:
@@ -241,16 +253,23 @@ def preload() -> list[str]:
     return missing
 
 
-def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
-    """Serve commands until stopped, idle for idle_s, or stale; returns why it stopped."""
+def serve(cache: os.PathLike | str, idle_s: float = 1800.0, on_ready=None) -> str:
+    """Serve commands until stopped, idle for idle_s, or stale; returns why it stopped.
+
+    One child is always forked ahead ("spare"), waiting for a command: forking a process this size
+    takes ~15 ms, paid between commands rather than on one's critical path. Imported objects are
+    frozen out of the garbage collector, so a child's collections never walk (and copy) them."""
+    import gc
     import selectors
     import signal
     import socket
     import time
 
+    from pathlib import Path
+
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    path = socket_path(cache)
+    path = Path(socket_path(cache))
     if request(cache, "status", timeout=2.0) is not None:
         raise ServerError(f"a server is already running for {cache} (socket {path}); "
                           "stop it with `expost serve --stop`")
@@ -258,6 +277,8 @@ def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
     mine = fingerprint(os.environ)  # before the imports: torch._dynamo sets variables of its own
     t0 = time.perf_counter()
     missing = preload()
+    gc.collect()
+    gc.freeze()
     started = time.time()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is this user's alone: whoever can connect can run code
@@ -275,31 +296,36 @@ def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
-    children: dict[int, socket.socket] = {}  # pid of a command -> its client's connection
-    served, last_active, reason = 0, time.monotonic(), None
-    if on_ready:
+    state = {"children": {}, "spare": None, "served": 0, "started": started, "mine": mine}
+    own = [listener, wake_r, wake_w]
+    last_active, reason = time.monotonic(), None
+    if on_ready:  # before the first fork: a detached server's ready pipe must not live on in a spare
         on_ready({"pid": os.getpid(), "socket": str(path), "preload_s": time.perf_counter() - t0,
                   "missing": missing})
-
-    def finish(pid: int, status: int) -> None:
-        conn = children.pop(pid, None)
-        if conn is not None:
-            code = os.waitstatus_to_exitcode(status)
-            with _quiet():
-                send(conn, {"exit": code if code >= 0 else 128 - code})
-            with _quiet():
-                sel.unregister(conn)
-            conn.close()
+    _fork_spare(state, own, sel)
+    children = state["children"]
 
     def reap() -> None:
-        while children:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            finish(pid, status)
+            conn = children.pop(pid, None)
+            if conn is not None:  # the command reports its own exit code; this covers a crash
+                code = os.waitstatus_to_exitcode(status)
+                with _quiet():
+                    send(conn, {"exit": code if code >= 0 else 128 - code})
+                with _quiet():
+                    sel.unregister(conn)
+                conn.close()
+            if state["spare"] and state["spare"][0] == pid:  # the spare died: make another
+                state["spare"][1].close()
+                state["spare"] = None
+                if reason is None:
+                    _fork_spare(state, own, sel)
 
     try:
         while reason is None:
@@ -309,8 +335,8 @@ def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
                         wake_r.recv(4096)
                 elif key.data == "accept":
                     conn, _ = listener.accept()
-                    reason = _accept(conn, mine, children, sel, started, served, (listener, wake_r, wake_w))
-                    served += 1  # status requests count here, but only commands keep the server awake
+                    reason = _accept(conn, state, own, sel)
+                    state["served"] += 1  # status requests count here, but only commands keep it awake
                 else:  # a message from a running command's client, or its end
                     pid = key.data
                     msg = _read_quiet(key.fileobj)
@@ -334,6 +360,10 @@ def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
         reason = "interrupted"
     finally:
         signal.set_wakeup_fd(-1)
+        if state["spare"]:
+            state["spare"][1].close()  # the spare sees the end of its socket and leaves
+            with _quiet():
+                os.waitpid(state["spare"][0], 0)
         sel.close()
         listener.close()
         with _quiet():
@@ -342,7 +372,33 @@ def serve(cache: Path, idle_s: float = 1800.0, on_ready=None) -> str:
     return reason
 
 
-def _accept(conn, mine, children, sel, started, served, own) -> str | None:
+def _fork_spare(state: dict, own: list, sel) -> None:
+    """Fork the next command ahead of time; it waits on a private socket for its request."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            inherited = [*own, *(c for c in state["children"].values() if c is not None)]
+            if state["spare"]:
+                inherited.append(state["spare"][1])
+            _prepare_child(inherited, sel)
+            msg, fds = recv(theirs, with_fds=True)
+        except BaseException:  # noqa: BLE001 - never return into the server's loop
+            os._exit(1)
+        if msg is None:  # the server is stopping
+            os._exit(0)
+        theirs.close()
+        _run_command(msg, fds[:3], socket.socket(fileno=fds[3]))  # never returns
+    theirs.close()
+    with _quiet():
+        os.setpgid(pid, pid)  # as the child does: no window in which its group is the server's
+    state["spare"] = (pid, ours)
+
+
+def _accept(conn, state: dict, own: list, sel) -> str | None:
     """Answer one connection; returns a reason to stop serving, if any."""
     import selectors
     import socket
@@ -360,9 +416,11 @@ def _accept(conn, mine, children, sel, started, served, own) -> str | None:
         return None
     conn.settimeout(None)
     op = (msg or {}).get("op")
+    children = state["children"]
     if op == "status":
         with _quiet():
-            send(conn, {"pid": os.getpid(), "since": started, "served": served, "running": len(children)})
+            send(conn, {"pid": os.getpid(), "since": state["started"], "served": state["served"],
+                        "running": sum(c is not None for c in children.values())})
         conn.close()
         return None
     if op == "stop":
@@ -375,41 +433,59 @@ def _accept(conn, mine, children, sel, started, served, own) -> str | None:
             os.close(fd)
         conn.close()
         return None
+    mine = state["mine"]
     differ = mismatch(mine, msg["fingerprint"])
-    stale = [d for d in differ if not d.startswith("$")] and (mine["expost"] != _code_stamp()
-                                                              or mine["packages"] != _path_stamp())
+    stale = bool([d for d in differ if not d.startswith("$")]) and (
+        mine["expost"] != _code_stamp() or mine["packages"] != _path_stamp())
     if differ:
         for fd in fds:
             os.close(fd)
         with _quiet():
-            send(conn, {"refused": differ, "stopped": bool(stale)})
+            send(conn, {"refused": differ, "stopped": stale})
         conn.close()
         return "expost or the installed packages changed on disk" if stale else None
-    pid = os.fork()
-    if pid == 0:  # the command: never returns
-        _child(msg, fds, [conn, *own, *(c for c in children.values() if c is not None)], sel)
-    for fd in fds:
+    spare, handoff = state["spare"]
+    state["spare"] = None
+    try:
+        send(handoff, msg, fds=[*fds, conn.fileno()])
+        handed = True
+    except OSError:  # the spare died unnoticed: this command runs locally, the next gets a new spare
+        handed = False
+    handoff.close()
+    for fd in fds:  # closed before the next fork, or the next spare would hold the client's terminal
         os.close(fd)
-    children[pid] = conn
-    sel.register(conn, selectors.EVENT_READ, pid)
+    if handed:
+        children[spare] = conn  # registered before the next fork, which closes it in the new spare
+        sel.register(conn, selectors.EVENT_READ, spare)
+    else:
+        with _quiet():
+            send(conn, {"refused": ["the server's worker process"], "stopped": False})
+        conn.close()
+    _fork_spare(state, own, sel)
     return None
 
 
-def _child(msg: dict, fds: list[int], sockets: list, sel) -> None:
-    """Become the command: the client's terminal, directory and environment, then the CLI."""
-    import io
+def _prepare_child(inherited: list, sel) -> None:
+    """In a fresh fork: its own process group, default signals, none of the server's sockets."""
     import signal
+
+    os.setpgid(0, 0)  # its own group, so Ctrl-C and cleanup reach it and its workers alone
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in inherited:  # the listener, the wake-up pair, other commands' clients
+        s.close()
+    sel.close()
+
+
+def _run_command(msg: dict, fds: list[int], conn) -> None:
+    """Become the command: the client's terminal, directory and environment, then the CLI; report
+    the exit code on the client's connection (the server also does, should this process crash)."""
+    import io
 
     code = 1
     try:
-        os.setpgid(0, 0)  # its own group, so Ctrl-C and cleanup reach it and its workers alone
-        signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(s, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for s in sockets:  # the server's: its listener, its wake-up pair, other commands' clients
-            s.close()
-        sel.close()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -443,6 +519,8 @@ def _child(msg: dict, fds: list[int], sockets: list, sel) -> None:
         for stream in (sys.stdout, sys.stderr):
             with _quiet():
                 stream.flush()
+        with _quiet():
+            send(conn, {"exit": code})
         os._exit(code)
 
 
@@ -460,10 +538,11 @@ def _quiet():
     return contextlib.suppress(OSError, ValueError)
 
 
-def detach(cache: Path, idle_s: float, timeout: float = 300.0) -> dict:
+def detach(cache: os.PathLike | str, idle_s: float, timeout: float = 300.0) -> dict:
     """Start a server in the background (its own session, output to serve.log); returns its ready
     message once it accepts commands."""
     import json
+    from pathlib import Path
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
