@@ -188,9 +188,15 @@ def forward(argv: list[str]) -> int | None:
     with sock:
         umask = os.umask(0o022)
         os.umask(umask)
-        send(sock, {"op": "exec", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
-                    "path": sys.path, "fingerprint": fingerprint(os.environ)}, fds=(0, 1, 2))
-        reply = _wait(sock)
+        try:
+            send(sock, {"op": "exec", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+                        "path": sys.path, "fingerprint": fingerprint(os.environ)}, fds=(0, 1, 2))
+        except OSError:  # the server went away before it had the command: run it here
+            return None
+        try:
+            reply = _wait(sock)
+        except OSError:
+            reply = None
     if reply is None:
         print("expost: the server closed the connection before the command finished; completed runs are "
               "cached. Run the command again (EXPOST_NO_SERVER=1 runs it without the server).", file=sys.stderr)
