@@ -202,9 +202,9 @@ def test_the_client_finds_the_same_cache_as_the_cli_and_imports_little(slow_ws, 
     from expost.workspace import find_workspace
 
     monkeypatch.chdir(slow_ws / "experiments")  # found upwards, as the CLI finds it
-    for env in (str(tmp_path / "elsewhere" / ".." / "cache2"), None):
-        if env:
-            monkeypatch.setenv("EXPOST_CACHE_DIR", env)
+    for override in (str(tmp_path / "elsewhere" / ".." / "cache2"), None):
+        if override:
+            monkeypatch.setenv("EXPOST_CACHE_DIR", override)
         else:
             monkeypatch.delenv("EXPOST_CACHE_DIR")
         assert server._command_and_cache(["run", "slow"]) == ("run", str(find_workspace().cache_dir))
@@ -218,3 +218,101 @@ def test_the_client_finds_the_same_cache_as_the_cli_and_imports_little(slow_ws, 
     r = subprocess.run([sys.executable, "-c", probe], cwd=slow_ws, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / "cache")})
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_stopping_the_server_leaves_running_commands_attended(server, tmp_path, cache_dir):
+    """--stop closes the door at once but stays until running commands end: a client's Ctrl-C
+    still reaches its command."""
+    environ = server["env"]
+    proc = start(["run", "slow", "-j", "2", "-q", "--set", "pause=1.5"], server["ws"], environ)
+    wait_for_entries(cache_dir, 2, proc)
+    r = expost_cmd(["serve", "--stop"], server["ws"], environ)
+    assert r.returncode == 0 and "server stopped" in r.stdout
+    assert expost_cmd(["serve", "--status"], server["ws"], environ).returncode == 1  # no new commands
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    time.sleep(2)
+    lines = ran(tmp_path)
+    time.sleep(1.6)
+    assert ran(tmp_path) == lines  # nothing runs on
+    for _ in range(100):  # and the server is gone once its last command ended
+        if not _alive(server["pid"]):
+            break
+        time.sleep(0.05)
+    assert not _alive(server["pid"])
+
+
+def test_a_server_started_without_stdin_still_hands_over_the_terminal(slow_ws, tmp_path, cache_dir):
+    """Descriptors received from a client may be numbered 0-2 themselves."""
+    environ = env(tmp_path, cache_dir)
+    srv = subprocess.Popen([sys.executable, "-m", "expost", "serve", "--idle", "1"], cwd=slow_ws, env=environ,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: os.close(0))
+    try:
+        deadline = time.time() + 60
+        while expost_cmd(["serve", "--status"], slow_ws, environ).returncode != 0:
+            assert srv.poll() is None and time.time() < deadline, srv.communicate()
+            time.sleep(0.2)
+        r = expost_cmd(["run", "toy", "-q", "--seeds", "2"], slow_ws, environ, input="")
+        assert r.returncode == 0 and "0 failed" in r.stderr, r.stderr
+        assert served_count(slow_ws, environ) >= 2
+    finally:
+        expost_cmd(["serve", "--stop"], slow_ws, environ)
+        srv.wait(timeout=30)
+
+
+def served_count(ws, environ):
+    r = expost_cmd(["serve", "--status"], ws, environ)
+    return int(r.stdout.split("; ")[1].split(" request")[0])
+
+
+def test_a_long_cache_path_puts_the_socket_in_a_private_folder(slow_ws, tmp_path):
+    cache = tmp_path / ("c" * 60) / ("d" * 60)
+    environ = {**env(tmp_path, cache), "EXPOST_CACHE_DIR": str(cache)}
+    from expost import server as server_mod
+
+    sock = server_mod.socket_path(cache)
+    assert not sock.startswith(str(cache)) and len(sock) < 100
+    r = expost_cmd(["serve", "--detach", "--idle", "1"], slow_ws, environ)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.stat(os.path.dirname(sock)).st_mode & 0o777 == 0o700
+        r = expost_cmd(["run", "toy", "-q", "--seeds", "1"], slow_ws, environ)
+        assert r.returncode == 0 and "not using" not in r.stderr, r.stderr
+        assert served_count(slow_ws, environ) == 1  # the run (this status request counts after its reply)
+    finally:
+        expost_cmd(["serve", "--stop"], slow_ws, environ)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_a_socket_owned_by_another_user_is_never_used(slow_ws, tmp_path):
+    """Whoever listens at the socket path gets nothing: not the environment, not the terminal."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    shared = Path(tempfile.mkdtemp(prefix="expost-impostor-"))  # pytest's tmp_path is root's alone
+    try:
+        os.chmod(shared, 0o777)  # a cache folder others can write to (a shared or careless setup)
+        got = shared / "got"
+        impostor = (
+            "import os, socket\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            f"s = socket.socket(socket.AF_UNIX); s.bind({str(shared / 'serve.sock')!r}); s.listen(1)\n"
+            "print('ready', flush=True)\n"
+            "c, _ = s.accept(); c.settimeout(5)\n"
+            "try:\n    data = c.recv(1 << 20)\nexcept OSError:\n    data = b''\n"
+            f"open({str(got)!r}, 'wb').write(data)\n")
+        spy = subprocess.Popen([sys.executable, "-c", impostor], stdout=subprocess.PIPE, text=True)
+        try:
+            assert spy.stdout.readline().strip() == "ready"
+            environ = {**env(tmp_path, shared), "SECRET_TOKEN": "hunter2"}
+            r = expost_cmd(["run", "toy", "-q", "--seeds", "1"], slow_ws, environ)
+            assert r.returncode == 0 and "belongs to another user; ignoring it and running here" in r.stderr, r.stderr
+            spy.wait(timeout=10)
+            assert b"hunter2" not in got.read_bytes()
+        finally:
+            spy.kill()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -36,10 +36,9 @@ PRELOAD = ("torch", "torch._dynamo", "numpy", "matplotlib.figure", "matplotlib.b
            "expost.export", "expost.claims", "expost.results")
 # Environment read when modules are imported (thread pools, devices, import paths, hash seed):
 # a command whose values differ from the server's runs locally.
-ENV_EXACT = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "MPLBACKEND",
-             "MPLCONFIGDIR", "EXPOST_NO_SERVER")
-ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "CUDA_", "CUBLAS_", "CUDNN_", "NCCL_", "NVIDIA_",
-                "TORCH", "PYTORCH_", "LD_")
+ENV_EXACT = ("LANG", "MPLBACKEND", "MPLCONFIGDIR")
+ENV_PREFIXES = ("PYTHON", "LC_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "CUDA_", "CUBLAS_", "CUDNN_", "NCCL_",
+                "NVIDIA_", "TORCH", "PYTORCH_", "LD_")
 HEADER = 8  # bytes of message length before each pickled message
 
 
@@ -86,13 +85,37 @@ def mismatch(mine: dict, theirs: dict) -> list[str]:
 
 
 def socket_path(cache) -> str:
-    """In the cache folder; a unix socket's path is limited to ~107 bytes, so long ones go to /tmp."""
+    """In the cache folder; a unix socket's path is limited to ~107 bytes, so long ones go to a
+    folder of this user's alone under /tmp (created 0700; see private_dir)."""
     path = os.path.join(str(cache), SOCKET_NAME)
     if len(path) <= 100:
         return path
     import hashlib
 
-    return f"/tmp/expost-{os.getuid()}-{hashlib.sha256(path.encode()).hexdigest()[:16]}.sock"
+    return os.path.join(f"/tmp/expost-{os.getuid()}", hashlib.sha256(path.encode()).hexdigest()[:16] + ".sock")
+
+
+def private_dir(folder: str) -> None:
+    """The fallback socket folder: created 0700, and refused unless it is ours and private."""
+    import stat
+
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ServerError(f"{folder} is not a private folder of this user (owner {st.st_uid}, mode "
+                          f"{stat.filemode(st.st_mode)}); remove it, or use a shorter EXPOST_CACHE_DIR")
+
+
+def peer_is_me(sock) -> bool:
+    """The process at the other end runs as this user (a socket path alone proves nothing)."""
+    import socket
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 # -- messages: length-prefixed marshal (plain data only; the socket is this user's alone) ------
@@ -113,20 +136,47 @@ def recv(sock, with_fds: bool = False):
     import socket
 
     fds: list[int] = []
-    if with_fds:
-        chunk, fds, _, _ = socket.recv_fds(sock, 65536, 8)
-    else:
-        chunk = sock.recv(65536)
-    buf = bytearray(chunk)
-    if not buf:
-        return (None, fds) if with_fds else None
-    while len(buf) < HEADER or len(buf) < HEADER + int.from_bytes(buf[:HEADER], "big"):
-        more = sock.recv(65536)
-        if not more:
-            raise ConnectionError("the message was cut off")
-        buf += more
-    obj = marshal.loads(bytes(buf[HEADER:HEADER + int.from_bytes(buf[:HEADER], "big")]))
+    try:
+        if with_fds:
+            chunk, fds, _, _ = socket.recv_fds(sock, 65536, 8)
+        else:
+            chunk = sock.recv(65536)
+        buf = bytearray(chunk)
+        if not buf:
+            obj = None
+        else:
+            while len(buf) < HEADER or len(buf) < HEADER + int.from_bytes(buf[:HEADER], "big"):
+                more = sock.recv(65536)
+                if not more:
+                    raise ConnectionError("the message was cut off")
+                buf += more
+            obj = marshal.loads(bytes(buf[HEADER:HEADER + int.from_bytes(buf[:HEADER], "big")]))
+    except BaseException:
+        for fd in fds:  # never keep a client's terminal open by accident
+            os.close(fd)
+        raise
     return (obj, fds) if with_fds else obj
+
+
+class Reader:
+    """Messages from a stream, in order, however the bytes arrive (two may come in one read)."""
+
+    def __init__(self, sock):
+        self.sock, self.buf = sock, bytearray()
+
+    def next(self):
+        """The next message; None at end of stream."""
+        while True:
+            if len(self.buf) >= HEADER:
+                size = int.from_bytes(self.buf[:HEADER], "big")
+                if len(self.buf) >= HEADER + size:
+                    obj = marshal.loads(bytes(self.buf[HEADER:HEADER + size]))
+                    del self.buf[:HEADER + size]
+                    return obj
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
 
 
 # -- client ------------------------------------------------------------------------------------
@@ -182,6 +232,10 @@ def forward(argv: list[str]) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
+        if not peer_is_me(sock):  # someone else's socket: never hand it our terminal or environment
+            sock.close()
+            print(f"expost: {path} belongs to another user; ignoring it and running here.", file=sys.stderr)
+            return None
     except OSError:  # a socket left by a server that is gone
         sock.close()
         return None
@@ -190,13 +244,17 @@ def forward(argv: list[str]) -> int | None:
         os.umask(umask)
         try:
             send(sock, {"op": "exec", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
-                        "path": sys.path, "fingerprint": fingerprint(os.environ)}, fds=(0, 1, 2))
+                        "path": sys.path, "fingerprint": fingerprint(os.environ),
+                        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                        "nice": os.getpriority(os.PRIO_PROCESS, 0)}, fds=(0, 1, 2))
         except OSError:  # the server went away before it had the command: run it here
             return None
         try:
-            reply = _wait(sock)
+            taken, reply = _wait(sock)
         except OSError:
-            reply = None
+            taken, reply = True, None
+    if reply is None and not taken:  # the server stopped before taking it: nothing ran
+        return None
     if reply is None:
         print("expost: the server closed the connection before the command finished; completed runs are "
               "cached. Run the command again (EXPOST_NO_SERVER=1 runs it without the server).", file=sys.stderr)
@@ -211,17 +269,22 @@ def forward(argv: list[str]) -> int | None:
     return reply["exit"]
 
 
-def _wait(sock):
-    """The server's final reply; Ctrl-C is passed on as SIGINT, a second one leaves at once."""
-    interrupts = 0
+def _wait(sock) -> tuple[bool, dict | None]:
+    """(whether the server took the command, its final reply). Ctrl-C is passed on as SIGINT; a
+    second one leaves at once (the server then kills the command)."""
+    interrupts, taken, reader = 0, False, Reader(sock)
     while True:
         try:
-            return recv(sock)
+            msg = reader.next()
         except KeyboardInterrupt:
             interrupts += 1
             if interrupts > 1:
-                return {"exit": 130}
+                return taken, {"exit": 130}
             send(sock, {"op": "interrupt"})
+            continue
+        if msg is None or "taken" not in msg:
+            return taken, msg
+        taken = True
 
 
 def request(cache: os.PathLike | str, op: str, timeout: float = 5.0):
@@ -276,6 +339,8 @@ def serve(cache: os.PathLike | str, idle_s: float = 1800.0, on_ready=None) -> st
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     path = Path(socket_path(cache))
+    if path.parent != cache:
+        private_dir(str(path.parent))
     if request(cache, "status", timeout=2.0) is not None:
         raise ServerError(f"a server is already running for {cache} (socket {path}); "
                           "stop it with `expost serve --stop`")
@@ -333,49 +398,74 @@ def serve(cache: os.PathLike | str, idle_s: float = 1800.0, on_ready=None) -> st
                 if reason is None:
                     _fork_spare(state, own, sel)
 
+    def step() -> str | None:
+        """Wait for and handle one round of events; a reason to stop accepting, if any."""
+        why = None
+        for key, _ in sel.select(timeout=1.0):
+            if key.data == "wake":
+                with _quiet():
+                    wake_r.recv(4096)
+            elif key.data == "accept":
+                conn, _ = listener.accept()
+                try:
+                    why = _accept(conn, state, own, sel) or why
+                except Exception as e:  # noqa: BLE001 - one bad request never takes the server down
+                    print(f"expost serve: a request failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    conn.close()
+                state["served"] += 1  # status requests count here, but only commands keep it awake
+            else:  # a message from a running command's client, or its end
+                pid = key.data
+                msg = _read_quiet(key.fileobj)
+                if not isinstance(msg, dict):  # the client is gone: its command must not run on unattended
+                    with _quiet():
+                        os.killpg(pid, signal.SIGKILL)
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                    children[pid] = None  # reaped later, nobody to tell
+                elif msg.get("op") == "interrupt":
+                    with _quiet():
+                        os.killpg(pid, signal.SIGINT)
+        reap()
+        return why
+
     try:
         while reason is None:
-            for key, _ in sel.select(timeout=1.0):
-                if key.data == "wake":
-                    with _quiet():
-                        wake_r.recv(4096)
-                elif key.data == "accept":
-                    conn, _ = listener.accept()
-                    reason = _accept(conn, state, own, sel)
-                    state["served"] += 1  # status requests count here, but only commands keep it awake
-                else:  # a message from a running command's client, or its end
-                    pid = key.data
-                    msg = _read_quiet(key.fileobj)
-                    if msg is None:  # the client is gone: its command must not run on unattended
-                        with _quiet():
-                            os.killpg(pid, signal.SIGKILL)
-                        sel.unregister(key.fileobj)
-                        key.fileobj.close()
-                        children[pid] = None  # reaped later, nobody to tell
-                    elif msg.get("op") == "interrupt":
-                        with _quiet():
-                            os.killpg(pid, signal.SIGINT)
-            reap()
+            reason = step()
             if children:
                 last_active = time.monotonic()
-            elif time.monotonic() - last_active > idle_s:
+            elif reason is None and time.monotonic() - last_active > idle_s:
                 reason = f"idle for {idle_s:g} s"
-            elif mine["expost"] != _code_stamp() or mine["packages"] != _path_stamp():
+            elif reason is None and (mine["expost"] != _code_stamp() or mine["packages"] != _path_stamp()):
                 reason = "expost or the installed packages changed on disk"
-    except KeyboardInterrupt:
-        reason = "interrupted"
+        # Stop accepting, but stay until running commands end: their clients' Ctrl-C (and their
+        # clients' deaths) reach them only through this process.
+        _close_listener(sel, listener, path, inode)
+        if state["spare"]:
+            state["spare"][1].close()  # the spare sees the end of its socket and leaves
+            state["spare"] = None
+        while children:
+            step()
+    except KeyboardInterrupt:  # Ctrl-C of a foreground server: running commands finish on their own
+        reason = reason or "interrupted"
     finally:
         signal.set_wakeup_fd(-1)
         if state["spare"]:
-            state["spare"][1].close()  # the spare sees the end of its socket and leaves
-            with _quiet():
-                os.waitpid(state["spare"][0], 0)
+            state["spare"][1].close()
+        _close_listener(sel, listener, path, inode)
+        reap()
         sel.close()
-        listener.close()
-        with _quiet():
-            if path.stat().st_ino == inode:  # still ours, not a newer server's
-                path.unlink()
     return reason
+
+
+def _close_listener(sel, listener, path, inode) -> None:
+    if listener.fileno() == -1:
+        return
+    with _quiet():
+        sel.unregister(listener)
+    listener.close()
+    with _quiet():
+        if path.stat().st_ino == inode:  # still ours, not a newer server's
+            path.unlink()
 
 
 def _fork_spare(state: dict, own: list, sel) -> None:
@@ -385,19 +475,19 @@ def _fork_spare(state: dict, own: list, sel) -> None:
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
-        try:
+        code = 1
+        try:  # whatever happens, this process never returns into the server's loop
             ours.close()
             inherited = [*own, *(c for c in state["children"].values() if c is not None)]
             if state["spare"]:
                 inherited.append(state["spare"][1])
             _prepare_child(inherited, sel)
             msg, fds = recv(theirs, with_fds=True)
-        except BaseException:  # noqa: BLE001 - never return into the server's loop
-            os._exit(1)
-        if msg is None:  # the server is stopping
-            os._exit(0)
-        theirs.close()
-        _run_command(msg, fds[:3], socket.socket(fileno=fds[3]))  # never returns
+            theirs.close()
+            if isinstance(msg, dict) and len(fds) == 4:  # else the server is stopping
+                code = _run_command(msg, fds[:3], socket.socket(fileno=fds[3]))
+        finally:
+            os._exit(code)
     theirs.close()
     with _quiet():
         os.setpgid(pid, pid)  # as the child does: no window in which its group is the server's
@@ -407,22 +497,22 @@ def _fork_spare(state: dict, own: list, sel) -> None:
 def _accept(conn, state: dict, own: list, sel) -> str | None:
     """Answer one connection; returns a reason to stop serving, if any."""
     import selectors
-    import socket
-    import struct
 
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    if struct.unpack("3i", creds)[1] != os.getuid():  # only this user (the socket's mode says so too)
+    if not peer_is_me(conn):  # only this user (the socket's mode says so too)
         conn.close()
         return None
     conn.settimeout(10.0)
     try:
         msg, fds = recv(conn, with_fds=True)
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, TypeError):
         conn.close()
         return None
     conn.settimeout(None)
-    op = (msg or {}).get("op")
+    op = msg.get("op") if isinstance(msg, dict) else None
     children = state["children"]
+    if op != "exec" or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
     if op == "status":
         with _quiet():
             send(conn, {"pid": os.getpid(), "since": state["started"], "served": state["served"],
@@ -435,8 +525,6 @@ def _accept(conn, state: dict, own: list, sel) -> str | None:
         conn.close()
         return "stopped by `expost serve --stop`"
     if op != "exec" or len(fds) != 3:
-        for fd in fds:
-            os.close(fd)
         conn.close()
         return None
     mine = state["mine"]
@@ -463,6 +551,8 @@ def _accept(conn, state: dict, own: list, sel) -> str | None:
     if handed:
         children[spare] = conn  # registered before the next fork, which closes it in the new spare
         sel.register(conn, selectors.EVENT_READ, spare)
+        with _quiet():
+            send(conn, {"taken": spare})
     else:
         with _quiet():
             send(conn, {"refused": ["the server's worker process"], "stopped": False})
@@ -472,38 +562,60 @@ def _accept(conn, state: dict, own: list, sel) -> str | None:
 
 
 def _prepare_child(inherited: list, sel) -> None:
-    """In a fresh fork: its own process group, default signals, none of the server's sockets."""
+    """In a fresh fork: its own process group, Python's default signals, none of the server's sockets."""
     import signal
 
     os.setpgid(0, 0)  # its own group, so Ctrl-C and cleanup reach it and its workers alone
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it: a closed pipe is an error, not death
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for s in inherited:  # the listener, the wake-up pair, other commands' clients
         s.close()
     sel.close()
 
 
-def _run_command(msg: dict, fds: list[int], conn) -> None:
-    """Become the command: the client's terminal, directory and environment, then the CLI; report
-    the exit code on the client's connection (the server also does, should this process crash)."""
+def _adopt_terminal(fds: list[int]) -> None:
+    """The client's stdin, stdout and stderr become 0, 1 and 2 (moved out of the way first: a
+    received descriptor may itself be numbered 0-2)."""
+    import fcntl
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _run_command(msg: dict, fds: list[int], conn) -> int:
+    """Become the command: the client's terminal, directory, environment, CPU set and priority, then
+    the CLI; report the exit code on the client's connection (the server also does, should this
+    process crash) and return it."""
     import io
+    import signal
 
     code = 1
     try:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        enc = msg["env"].get("PYTHONIOENCODING", "utf-8").split(":")[0] or "utf-8"
+        _adopt_terminal(fds)
+        env = msg["env"]
+        enc = env.get("PYTHONIOENCODING", "utf-8").split(":")[0] or "utf-8"
         sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding=enc)
         sys.stdout = io.TextIOWrapper(io.open(1, "wb", closefd=False), encoding=enc, line_buffering=os.isatty(1))
         sys.stderr = io.TextIOWrapper(io.open(2, "wb", closefd=False), encoding=enc, errors="backslashreplace",
                                       line_buffering=True)
         os.chdir(msg["cwd"])
         os.environ.clear()
-        os.environ.update(msg["env"])
+        os.environ.update(env)
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = None  # found again from this command's TMPDIR
         os.umask(msg["umask"])
+        if msg.get("cpus") and hasattr(os, "sched_setaffinity"):
+            with _quiet():
+                os.sched_setaffinity(0, msg["cpus"])  # -j's default and BLAS threads follow taskset/cgroups
+        with _quiet():
+            os.setpriority(os.PRIO_PROCESS, 0, msg.get("nice", 0))  # a `nice expost run` stays nice
         sys.path[:] = msg["path"]
         sys.argv = ["expost", *msg["argv"]]
         from expost.cli import cli
@@ -517,17 +629,19 @@ def _run_command(msg: dict, fds: list[int], conn) -> None:
                 print(e.code, file=sys.stderr)
         except KeyboardInterrupt:
             code = 130
-    except BaseException:  # noqa: BLE001 - the child must never return into the server's loop
+    except BaseException:  # noqa: BLE001 - reported here; the caller exits with the code
         import traceback
 
-        traceback.print_exc()
+        with _quiet():
+            traceback.print_exc()
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a late Ctrl-C cannot cut this short
         for stream in (sys.stdout, sys.stderr):
             with _quiet():
                 stream.flush()
         with _quiet():
             send(conn, {"exit": code})
-        os._exit(code)
+    return code
 
 
 def _read_quiet(conn):
@@ -560,26 +674,32 @@ def detach(cache: os.PathLike | str, idle_s: float, timeout: float = 300.0) -> d
         os.setsid()
         if os.fork():
             os._exit(0)
-        code = 0
+        code, told = 0, []
         try:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            for extra in {fd, null} - {0, 1, 2}:  # kept only as 0-2: no command inherits stray descriptors
+                os.close(extra)
             sys.stdout = open(1, "w", buffering=1, closefd=False)
             sys.stderr = open(2, "w", buffering=1, closefd=False)
 
             def ready(info):
                 os.write(w, json.dumps(info).encode())
                 os.close(w)
+                told.append(True)
                 print(f"expost serve: ready (pid {info['pid']}, imports took {info['preload_s']:.2f} s)", flush=True)
 
             why = serve(cache, idle_s, ready)
             print(f"expost serve: stopped ({why})", flush=True)
-        except BaseException as e:  # noqa: BLE001 - report to the waiting parent, then leave
-            with _quiet():
-                os.write(w, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+        except BaseException as e:  # noqa: BLE001 - report to the waiting parent (or the log), then leave
+            if told:  # w is closed, and its number may be someone else's now
+                print(f"expost serve: failed: {type(e).__name__}: {e}", flush=True)
+            else:
+                with _quiet():
+                    os.write(w, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
             code = 1
         finally:
             os._exit(code)
