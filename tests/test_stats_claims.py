@@ -78,6 +78,16 @@ def test_claim_per_group_k_of_n():
     assert evaluate_claim(spec, raising, rs)[0].verdict == "error"
 
 
+def test_claim_metric_is_shown_per_config_when_a_claim_spans_several():
+    rs = _rs({0.5: [1.0, 2.0, 3.0], 1.0: [4.0, 5.0, 6.0]})
+    spec = Spec("t", None, "", {"rate": 0.5}, [{"rate": [0.5, 1.0]}], 3, {})
+    faster = lambda r: r.where(rate=1.0).scalar("final") > r.where(rate=0.5).scalar("final")  # noqa: E731
+    v = evaluate_claim(spec, Claim("ends higher", faster, metric="final"), rs)
+    assert v[0].verdict == HOLDS and v[0].numbers == "final median rate=0.5: 2 [1, 3]; rate=1: 5 [4, 6]"
+    one = evaluate_claim(spec, Claim("small", lambda r: r.scalar("final") < 9, where={"rate": 1.0}, metric="final"), rs)
+    assert one[0].numbers == "final median 5 [4, 6]"
+
+
 def test_resultset_selection_and_errors():
     rs = _rs({0.5: [1, 2, 3], 1.0: [4, 5, 6]})
     assert list(rs.group_by("rate")) == [0.5, 1.0]

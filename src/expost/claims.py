@@ -79,15 +79,24 @@ def decide(k: int, n: int, per_seed: bool, min_frac: float, missing: int, n_seed
 
 
 def _numbers(rs: ResultSet, metric: str | None) -> str:
+    """The metric's median [min, max] over seeds; one per config, labelled by the parameters that
+    differ, when the claim spans several."""
     if not metric:
-        return ""
-    try:
-        s = rs.stats(metric)
-    except ResultError:
         return ""
     from expost.fmt import num
 
-    return f"{metric} median {num(s.median)} [{num(s.min)}, {num(s.max)}]"
+    configs = rs.configs
+    varying = [k for k in (configs[0] if configs else {}) if len({repr(c.get(k)) for c in configs}) > 1]
+    parts = []
+    for config in configs:
+        sub = rs.where(**{k: config[k] for k in varying}) if varying else rs
+        try:
+            s = sub.stats(metric)
+        except ResultError:
+            return ""
+        label = ", ".join(f"{k}={value_label(config[k])}" for k in varying)
+        parts.append(f"{label + ': ' if label else ''}{num(s.median)} [{num(s.min)}, {num(s.max)}]")
+    return f"{metric} median {'; '.join(parts)}" if parts else ""
 
 
 def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int | None = None) -> list[Verdict]:
