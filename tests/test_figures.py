@@ -203,3 +203,22 @@ def test_house_style_does_not_leak_into_global_rcparams(tmp_path):
     before = dict(matplotlib.rcParams)
     figures.custom(tmp_path / "u.png", lambda ax: ax.plot([1, 2]))
     assert dict(matplotlib.rcParams) == before
+
+
+def test_xlim_crops_before_downsampling_and_hlines_are_drawn(tmp_path):
+    """A window of a long run is drawn at full resolution (a spike inside it is kept, at its true
+    step), and a reference line changes the picture."""
+    steps = 100_000
+    a = np.broadcast_to(np.exp(-np.arange(steps) / 3e4, dtype=np.float32), (3, steps)).copy()
+    a[1, 1_234] = 5.0
+    info = figures.curves(tmp_path / "win.png", {"c": a}, xlim=(1_000, 1_500))
+    assert info["conditions"]["c"]["steps"] == 501  # steps 1000..1500, not 100,000 squeezed
+    assert info["conditions"]["c"]["max_points"] == 501
+    plain = figures.curves(tmp_path / "plain.png", {"c": a[:, :2_000]})
+    line = figures.curves(tmp_path / "line.png", {"c": a[:, :2_000]}, hlines=(0.5,))
+    assert plain["path"].read_bytes() != line["path"].read_bytes()
+    panels = figures.small_multiples(tmp_path / "p.png", {"s1": a[0], "s2": a[1]}, xlim=(1_200, 1_300),
+                                     hlines=(1.0, 2.0))
+    assert panels["max_points"] == 101
+    dots = figures.scalar_by_condition(tmp_path / "s.png", {"a": [1.0, 2.0], "b": [3.0, 4.0]}, hlines=(2.5,))
+    assert dots["path"].exists()

@@ -76,6 +76,11 @@ def test_render_is_deterministic(post_ws, tmp_path):
     ("{{ results('scurves') }}", 7, "not in this post's front matter"),
     ("\n{{ 1 / 0 }}", 8, "ZeroDivisionError"),
     ("{{ claim('toy', 7) }}", 7, "toy has 2 claims"),
+    ("{{ figure(results('toy'), 'curves', 'curve', xlim=[5]) }}", 7, "give two numbers, lowest first"),
+    ("{{ figure(results('toy'), 'curves', 'curve', xlim=[9, 2]) }}", 7, "give two numbers, lowest first"),
+    ("{{ figure(results('toy'), 'curves', 'curve', hline='half') }}", 7, "give a number or a list of numbers"),
+    ("{{ figure(results('toy'), 'scalar', 'final', by='rate', xlim=[0, 1]) }}", 7, "xlim applies to curves"),
+    ("{{ figure(results('toy'), 'run', hline=1) }}", 7, "a figure function draws its own axes"),
 ])
 def test_template_errors_name_file_and_line(post_ws, body, line, fragment):
     head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
@@ -125,3 +130,14 @@ def test_a_failing_figure_function_is_reported_with_its_figure(post_ws):
     (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n{body}")
     with pytest.raises(TemplateError, match=r"figure fig2-run\.png: \w+Error"):
         render_post(post_ws, "bad")
+
+
+def test_figure_xlim_and_hline_in_a_template(post_ws):
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    body = ("{{ figure(results('toy'), 'curves', 'curve', by='rate', xlim=[2, 10], hline=[0.1, 0.5]) }}\n"
+            "{{ figure(results('toy').where(rate=0.5), 'seeds', 'curve', xlim=[0, 5], hline=0.2) }}\n"
+            "{{ figure(results('toy'), 'scalar', 'final', by='rate', hline=0.1) }}\n")
+    (post_ws / "templates" / "zoom.md.j2").write_text(f"---{head}---\n{body}")
+    rendered, out = render_post(post_ws, "zoom")
+    assert len(rendered.figures) == 3
+    assert all((out / f).stat().st_size > 0 for f in rendered.figures)

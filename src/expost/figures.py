@@ -57,8 +57,9 @@ def _target(path) -> tuple[Path, str]:
 
 
 @contextmanager
-def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
-    """Yield (fig, axes) in the house style; save deterministically when the block succeeds."""
+def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, xlim=None, hlines=(), **subplots):
+    """Yield (fig, axes) in the house style; save deterministically when the block succeeds.
+    `xlim` (lo, hi) and `hlines` (y values drawn as dashed reference lines) apply to every panel."""
     path, fmt = _target(path)  # fail before any drawing work
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -69,6 +70,13 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, **subplots):
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=nrows * ncols == 1, **subplots)
         yield fig, axes
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            for y in hlines:
+                ax.axhline(y, color="0.3", lw=0.9, ls=(0, (4, 3)), zorder=1.5)
+            if xlim is not None:
+                ax.set_xlim(*xlim)
         buf = BytesIO()
         if fmt == "png":
             # An intermediate: _compact_png re-encodes it, so no slow optimize pass here.
@@ -163,6 +171,14 @@ def _line(y, x, logy: bool, max_points: int):
     return (idx if x is None else x[idx]), yy, nonpos
 
 
+def _window(xlim, steps: int) -> slice:
+    """The steps inside xlim (lo, hi), so downsampling spends its points on what is shown."""
+    if xlim is None:
+        return slice(0, steps)
+    lo, hi = max(0, math.floor(xlim[0])), min(steps, math.ceil(xlim[1]) + 1)
+    return slice(lo, max(lo, hi))
+
+
 def _as_rows(data, label) -> np.ndarray:
     a = np.asarray(data)  # no dtype: a float32 input stays float32, rows are converted one at a time
     if a.ndim == 1:
@@ -215,16 +231,26 @@ def _jitter(n: int, width: float) -> np.ndarray:
 
 
 def curves(path, conditions, *, xlabel="step", ylabel="", logy=False, title=None, x=None,
-           max_points=MAX_POINTS, legend_loc="best") -> dict:
+           max_points=MAX_POINTS, legend_loc="best", xlim=None, hlines=()) -> dict:
     """Per-seed curves (thin, light) and their median (bold), one colour per condition.
 
     `conditions`: label -> seeds x steps array (NaN padding and NaN/inf from diverged runs are
-    fine). `x`: step values shared by all conditions, or a dict label -> step values.
+    fine). `x`: step values shared by all conditions, or a dict label -> step values. `xlim`:
+    (lo, hi) steps shown (with step x values the rest is cropped before downsampling). `hlines`:
+    y values of dashed reference lines.
     Returns {"path", "conditions": {label: {"seeds", "steps", "max_points", "nonfinite",
     "nonpositive"}}}; "max_points" is the longest line actually drawn.
     """
     info = {"conditions": {}}
-    with _figure(path) as (fig, ax):
+    if xlim is not None and x is None:  # steps as x: crop to the window, keep the true step numbers
+        cropped, xs = {}, {}
+        for label, data in conditions.items():
+            a = _as_rows(data, label)
+            w = _window(xlim, a.shape[1])
+            cropped[label] = a[:, w]
+            xs[label] = np.arange(w.start, w.start + cropped[label].shape[1])
+        conditions, x = cropped, xs
+    with _figure(path, xlim=xlim, hlines=hlines) as (fig, ax):
         from matplotlib import patheffects
         from matplotlib.collections import LineCollection
 
@@ -273,7 +299,7 @@ def curves(path, conditions, *, xlabel="step", ylabel="", logy=False, title=None
 
 
 def scalar_by_condition(path, conditions, *, ylabel="", xlabel="", logy=False, logx=False,
-                        numeric_x=False, cis=None) -> dict:
+                        numeric_x=False, cis=None, hlines=()) -> dict:
     """Every seed as a point, with the median (bold tick) and its 95% CI (vertical bar).
 
     `conditions`: label -> per-seed values. With `numeric_x` the labels are numbers placed on a
@@ -298,7 +324,7 @@ def scalar_by_condition(path, conditions, *, ylabel="", xlabel="", logy=False, l
     width = 0.25 * (gaps.min() if len(gaps) else 1.0) if numeric_x else 0.25
     shift = (lambda p, o: p * 10.0 ** o) if (numeric_x and logx) else (lambda p, o: p + o)
     info = {"conditions": {}, "skipped": 0}
-    with _figure(path) as (fig, ax):
+    with _figure(path, hlines=hlines) as (fig, ax):
         medians = []
         for i, (label, p) in enumerate(zip(labels, pos)):
             v = np.asarray(conditions[label], dtype=float).ravel()
@@ -339,7 +365,7 @@ def scalar_by_condition(path, conditions, *, ylabel="", xlabel="", logy=False, l
 
 
 def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=False, sharey=True,
-                    max_points=MAX_POINTS) -> dict:
+                    max_points=MAX_POINTS, xlim=None, hlines=()) -> dict:
     """One small panel per entry (title -> 1-D series or lines x steps array), shared axes.
 
     Returns {"path", "panels", "grid": (nrows, ncols), "max_points", "nonfinite": {title: n}}.
@@ -351,7 +377,7 @@ def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=Fal
     nrows = math.ceil(n / ncols)
     info = {"panels": n, "grid": (nrows, ncols), "max_points": 0, "nonfinite": {}}
     with _figure(path, figsize=(FIGSIZE[0], 0.4 + 1.45 * nrows), nrows=nrows, ncols=ncols,
-                 sharex=True, sharey=sharey) as (fig, axes):
+                 sharex=True, sharey=sharey, xlim=xlim, hlines=hlines) as (fig, axes):
         from matplotlib.ticker import MaxNLocator
 
         axes = np.asarray(axes).reshape(nrows, ncols)
@@ -359,10 +385,11 @@ def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=Fal
             ax = axes.flat[k]
             rows = _as_rows(data, title)
             bad = 0
+            w = _window(xlim, rows.shape[1])
             for j, row in enumerate(rows):
-                row = np.asarray(row, dtype=float)
+                row = np.asarray(row[w], dtype=float)
                 bad += int((~np.isfinite(row)).sum())
-                xs, ys, _ = _line(row, None, logy, max_points)
+                xs, ys, _ = _line(row, np.arange(w.start, w.start + len(row)), logy, max_points)
                 ax.plot(xs, ys, color=COLORS[j % len(COLORS)], lw=1.0)
                 info["max_points"] = max(info["max_points"], len(xs))
             info["nonfinite"][title] = bad

@@ -7,6 +7,7 @@ render in a sandboxed Jinja environment with StrictUndefined; the helpers below 
 from __future__ import annotations
 
 import multiprocessing
+import math
 import os
 import re
 import sys
@@ -235,11 +236,33 @@ class Helpers:
             lines.append(f"| {s} | " + " | ".join(num(d[s]) if s in d else "–" for d in data) + " |")
         return "\n".join(lines)
 
+    @staticmethod
+    def _decorations(kind: str, xlim, hline) -> dict:
+        """figure()'s xlim and hline, checked: keyword arguments for the drawing function."""
+        out: dict = {}
+        if xlim is not None:
+            if (not isinstance(xlim, (list, tuple)) or len(xlim) != 2 or not all(map(_numbers_or_none, xlim))
+                    or not xlim[0] < xlim[1]):
+                raise TemplateError(f"figure(xlim={xlim!r}): give two numbers, lowest first, e.g. xlim=[0, 500]")
+            if kind == "scalar":
+                raise TemplateError("figure(kind='scalar', xlim=...): the x axis holds conditions; "
+                                    "xlim applies to curves, seeds and panels")
+            out["xlim"] = (float(xlim[0]), float(xlim[1]))
+        if hline is not None:
+            values = list(hline) if isinstance(hline, (list, tuple)) else [hline]
+            if not values or not all(map(_numbers_or_none, values)):
+                raise TemplateError(f"figure(hline={hline!r}): give a number or a list of numbers, e.g. hline=0.5")
+            out["hlines"] = tuple(float(v) for v in values)
+        return out
+
     def figure(self, r: ResultSet, kind: str, output: str | None = None, by: str | None = None,
                caption: str = "", logy: bool = False, logx: bool = False, alt: str | None = None,
-               ylabel: str | None = None, xlabel: str | None = None) -> str:
-        """Draw a figure (a named kind, or a figure function of the experiment) and return its markdown."""
+               ylabel: str | None = None, xlabel: str | None = None, xlim=None, hline=None) -> str:
+        """Draw a figure (a named kind, or a figure function of the experiment) and return its markdown.
+        xlim=[lo, hi]: the steps shown (series kinds); hline=y or [y, ...]: dashed reference lines."""
         from expost import figures
+
+        extra = self._decorations(kind, xlim, hline)
 
         self.count += 1
         slug = re.sub(r"[^a-z0-9]+", "-", f"{kind}-{output or ''}-{by or ''}".lower()).strip("-")
@@ -253,7 +276,7 @@ class Helpers:
             raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
         if kind == "curves":
             self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "scalar":
             if not by:
@@ -261,19 +284,22 @@ class Helpers:
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in groups)
             cond = {(v if numeric else label(v)): g.scalar(output) for v, g in groups.items()}
             self._draw(figures.scalar_by_condition, path, cond, ylabel=ylabel or output, xlabel=xlabel or by,
-                       logy=logy, logx=logx, numeric_x=numeric)
+                       logy=logy, logx=logx, numeric_x=numeric, **extra)
             what = f"Each point is one of {n} seeds; bars: median and its 95% bootstrap CI"
         elif kind == "seeds":
             single = groups[next(iter(groups))] if len(groups) == 1 else r
             arr = single.series(output)
             self._draw(figures.small_multiples, path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per seed ({n} seeds)"
         elif kind == "panels":
             self._draw(figures.small_multiples, path, {label(v): g.series(output) for v, g in groups.items()},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy)
+                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per condition; each line is one of {n} seeds"
         else:
+            if extra:
+                raise TemplateError(f"figure(kind={kind!r}): xlim and hline apply to the built-in kinds; "
+                                    "a figure function draws its own axes")
             fn = getattr(spec.module, kind, None)
             if not callable(fn):
                 raise TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
@@ -285,6 +311,10 @@ class Helpers:
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _numbers_or_none(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _JOBS: list = []  # the figure jobs of the render in progress, inherited by forked workers
