@@ -198,7 +198,7 @@ def test_one_server_per_cache_and_idle_exit(slow_ws, tmp_path, cache_dir):
 
 
 def test_the_client_finds_the_same_cache_as_the_cli_and_imports_little(slow_ws, tmp_path, monkeypatch):
-    from expost import server
+    from expost import client
     from expost.workspace import find_workspace
 
     monkeypatch.chdir(slow_ws / "experiments")  # found upwards, as the CLI finds it
@@ -207,13 +207,13 @@ def test_the_client_finds_the_same_cache_as_the_cli_and_imports_little(slow_ws, 
             monkeypatch.setenv("EXPOST_CACHE_DIR", override)
         else:
             monkeypatch.delenv("EXPOST_CACHE_DIR")
-        assert server._command_and_cache(["run", "slow"]) == ("run", str(find_workspace().cache_dir))
-        assert server._command_and_cache(["--workspace", str(slow_ws), "build"])[1] == str(find_workspace().cache_dir)
-    assert server._command_and_cache(["new", "experiment", "x"]) is None  # not a command a server runs
-    assert server._command_and_cache(["--version"]) is None
-    assert server._command_and_cache(["run", "--help"]) is None
+        assert client._command_and_cache(["run", "slow"]) == ("run", str(find_workspace().cache_dir))
+        assert client._command_and_cache(["--workspace", str(slow_ws), "build"])[1] == str(find_workspace().cache_dir)
+    assert client._command_and_cache(["new", "experiment", "x"]) is None  # not a command a server runs
+    assert client._command_and_cache(["--version"]) is None
+    assert client._command_and_cache(["run", "--help"]) is None
     probe = ("import sys; from expost.entry import main; sys.argv = ['expost', 'serve', '--status']\n"
-             "from expost.server import forward; forward(['run', 'slow'])\n"
+             "from expost.client import forward; forward(['run', 'slow'])\n"
              "print(sorted(m for m in ('click', 'torch', 'numpy', 'pathlib', 'pickle') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=slow_ws, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / "cache")})
@@ -270,9 +270,9 @@ def served_count(ws, environ):
 def test_a_long_cache_path_puts_the_socket_in_a_private_folder(slow_ws, tmp_path):
     cache = tmp_path / ("c" * 60) / ("d" * 60)
     environ = {**env(tmp_path, cache), "EXPOST_CACHE_DIR": str(cache)}
-    from expost import server as server_mod
+    from expost.client import socket_path
 
-    sock = server_mod.socket_path(cache)
+    sock = socket_path(cache)
     assert not sock.startswith(str(cache)) and len(sock) < 100
     r = expost_cmd(["serve", "--detach", "--idle", "1"], slow_ws, environ)
     assert r.returncode == 0, r.stderr

@@ -530,11 +530,11 @@ def serve(ctx, detach, stop, status, idle):
     Example:
         expost serve --detach && expost run scurves && expost serve --stop
     """
-    from expost import server
+    from expost import client, server
 
     cache = workspace_of(ctx).cache_dir
     if stop or status:
-        reply = server.request(cache, "stop" if stop else "status")
+        reply = client.request(cache, "stop" if stop else "status")
         if reply is None:
             click.echo(f"no server is running for {cache}")
             sys.exit(1 if status else 0)
@@ -543,7 +543,7 @@ def serve(ctx, detach, stop, status, idle):
         else:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reply["since"]))
             click.echo(f"server running: pid {reply['pid']} since {since}; {reply['served']} request(s) served, "
-                       f"{reply['running']} command(s) running; socket {server.socket_path(cache)}")
+                       f"{reply['running']} command(s) running; socket {client.socket_path(cache)}")
         return
     if detach:
         info = server.detach(cache, idle * 60)

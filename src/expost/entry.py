@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> None:
-    from expost.server import forward
+    from expost.client import forward
 
     code = forward(sys.argv[1:])
     if code is not None:
