@@ -141,3 +141,29 @@ def test_figure_xlim_and_hline_in_a_template(post_ws):
     rendered, out = render_post(post_ws, "zoom")
     assert len(rendered.figures) == 3
     assert all((out / f).stat().st_size > 0 for f in rendered.figures)
+
+
+def test_figure_overlays_several_series_outputs(post_ws):
+    toy = post_ws / "experiments" / "toy.py"
+    toy.write_text(toy.read_text().replace('"curve": "series: value at each step",',
+                                           '"curve": "series: value at each step",\n    "other": "series: another curve",'))
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    body = ("{{ figure(results('toy').where(rate=0.5), 'curves', ['curve', 'other'], hline=0.5) }}\n"
+            "{{ figure(results('toy'), 'curves', ['curve', 'other'], by='rate') }}\n")
+    (post_ws / "templates" / "both.md.j2").write_text(f"---{head}---\n{body}")
+    rendered, out = render_post(post_ws, "both")
+    assert len(rendered.figures) == 2 and all((out / f).stat().st_size > 0 for f in rendered.figures)
+    assert "curves of curve+other" in rendered.markdown
+    for bad, fragment in (("['curve', 'final']", "is a scalar, not a series"),
+                          ("['curve']", None)):
+        (post_ws / "templates" / "bad.md.j2").write_text(
+            f"---{head}---\n{{{{ figure(results('toy').where(rate=0.5), 'curves', {bad}) }}}}\n")
+        if fragment:
+            with pytest.raises(TemplateError, match=fragment):
+                render_post(post_ws, "bad")
+        else:
+            render_post(post_ws, "bad")
+    (post_ws / "templates" / "bad.md.j2").write_text(
+        f"---{head}---\n{{{{ figure(results('toy'), 'scalar', ['final', 'final'], by='rate') }}}}\n")
+    with pytest.raises(TemplateError, match="only by kind='curves'"):
+        render_post(post_ws, "bad")

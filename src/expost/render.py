@@ -259,10 +259,17 @@ class Helpers:
                caption: str = "", logy: bool = False, logx: bool = False, alt: str | None = None,
                ylabel: str | None = None, xlabel: str | None = None, xlim=None, hline=None) -> str:
         """Draw a figure (a named kind, or a figure function of the experiment) and return its markdown.
-        xlim=[lo, hi]: the steps shown (series kinds); hline=y or [y, ...]: dashed reference lines."""
+        xlim=[lo, hi]: the steps shown (series kinds); hline=y or [y, ...]: dashed reference lines.
+        For kind='curves', output may be a list of series outputs drawn together, one colour each."""
         from expost import figures
 
         extra = self._decorations(kind, xlim, hline)
+        outputs = list(output) if isinstance(output, (list, tuple)) else None
+        if outputs is not None:
+            if kind != "curves" or not outputs or not all(isinstance(o, str) for o in outputs):
+                raise TemplateError(f"figure(output={output!r}): several outputs are drawn together only by "
+                                    "kind='curves', as a list of output names")
+            output = "+".join(outputs)
 
         self.count += 1
         slug = re.sub(r"[^a-z0-9]+", "-", f"{kind}-{output or ''}-{by or ''}".lower()).strip("-")
@@ -274,7 +281,12 @@ class Helpers:
         n = len(r.seeds)
         if kind in ("curves", "scalar", "seeds", "panels") and output is None:
             raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
-        if kind == "curves":
+        if kind == "curves" and outputs is not None:  # several outputs overlaid: a colour per output (and group)
+            lines = {(f"{o}, {label(v)}" if by else o): g.series(o) for v, g in groups.items() for o in outputs}
+            self._draw(figures.curves, path, lines, ylabel=ylabel or ", ".join(outputs), xlabel=xlabel or "step",
+                       logy=logy, **extra)
+            what = f"{n} seeds per line. Thin lines: individual seeds, bold: the median across seeds"
+        elif kind == "curves":
             self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
                        ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
