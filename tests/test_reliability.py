@@ -47,6 +47,19 @@ def ran(tmp_path, log="ran.log"):
     return p.read_text().splitlines() if p.exists() else []
 
 
+def press_ctrl_c(proc) -> None:
+    """What a terminal's Ctrl-C does (SIGINT to the whole process group), and what must follow:
+    out within 2 s, exit 130, one line saying completed runs are kept, no traceback."""
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.time() - t0 < 2.0
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted: completed runs are cached; run the same command "
+                                           "again to finish.")
+
+
 def test_kill_9_leaves_no_corrupt_entry_and_resumes(slow_ws, tmp_path, cache_dir):
     proc = start(["run", "slow", "-j", "2", "-q"], slow_ws, env(tmp_path, cache_dir))
     wait_for_entries(cache_dir, 3, proc)
@@ -71,14 +84,7 @@ def test_ctrl_c_stops_quickly_and_keeps_completed_runs(slow_ws, tmp_path, cache_
     environ = env(tmp_path, cache_dir)
     proc = start(["run", "slow", "-j", "2", "-q", "--set", "pause=1.5"], slow_ws, environ)
     wait_for_entries(cache_dir, 2, proc)
-    t0 = time.time()
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    out, err = proc.communicate(timeout=10)
-    assert time.time() - t0 < 2.0
-    assert proc.returncode == 130
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == ("interrupted: completed runs are cached; run the same command "
-                                           "again to finish.")
+    press_ctrl_c(proc)
     kept = len(entries(cache_dir))
     assert kept >= 2
     (tmp_path / "ran.log").unlink()

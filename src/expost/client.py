@@ -106,16 +106,7 @@ def recv(sock, with_fds: bool = False):
             chunk, fds, _, _ = socket.recv_fds(sock, 65536, 8)
         else:
             chunk = sock.recv(65536)
-        buf = bytearray(chunk)
-        if not buf:
-            obj = None
-        else:
-            while len(buf) < HEADER or len(buf) < HEADER + int.from_bytes(buf[:HEADER], "big"):
-                more = sock.recv(65536)
-                if not more:
-                    raise ConnectionError("the message was cut off")
-                buf += more
-            obj = marshal.loads(bytes(buf[HEADER:HEADER + int.from_bytes(buf[:HEADER], "big")]))
+        obj = Reader(sock, chunk).next() if chunk else None
     except BaseException:
         for fd in fds:  # never keep a client's terminal open by accident
             os.close(fd)
@@ -123,14 +114,18 @@ def recv(sock, with_fds: bool = False):
     return (obj, fds) if with_fds else obj
 
 
+class CutOff(ConnectionError):
+    """The stream ended inside a message."""
+
+
 class Reader:
     """Messages from a stream, in order, however the bytes arrive (two may come in one read)."""
 
-    def __init__(self, sock):
-        self.sock, self.buf = sock, bytearray()
+    def __init__(self, sock, first: bytes = b""):
+        self.sock, self.buf = sock, bytearray(first)
 
     def next(self):
-        """The next message; None at end of stream."""
+        """The next message; None at end of stream; CutOff if the stream ends inside one."""
         while True:
             if len(self.buf) >= HEADER:
                 size = int.from_bytes(self.buf[:HEADER], "big")
@@ -140,6 +135,8 @@ class Reader:
                     return obj
             chunk = self.sock.recv(65536)
             if not chunk:
+                if self.buf:
+                    raise CutOff("the message was cut off")
                 return None
             self.buf += chunk
 
@@ -241,6 +238,8 @@ def _wait(sock) -> tuple[bool, dict | None]:
     while True:
         try:
             msg = reader.next()
+        except CutOff:  # as if the stream had ended where the message began
+            msg = None
         except KeyboardInterrupt:
             interrupts += 1
             if interrupts > 1:

@@ -241,7 +241,7 @@ class Helpers:
         """figure()'s xlim and hline, checked: keyword arguments for the drawing function."""
         out: dict = {}
         if xlim is not None:
-            if (not isinstance(xlim, (list, tuple)) or len(xlim) != 2 or not all(map(_numbers_or_none, xlim))
+            if (not isinstance(xlim, (list, tuple)) or len(xlim) != 2 or not all(map(_finite_number, xlim))
                     or not xlim[0] < xlim[1]):
                 raise TemplateError(f"figure(xlim={xlim!r}): give two numbers, lowest first, e.g. xlim=[0, 500]")
             if kind == "scalar":
@@ -250,7 +250,7 @@ class Helpers:
             out["xlim"] = (float(xlim[0]), float(xlim[1]))
         if hline is not None:
             values = list(hline) if isinstance(hline, (list, tuple)) else [hline]
-            if not values or not all(map(_numbers_or_none, values)):
+            if not values or not all(map(_finite_number, values)):
                 raise TemplateError(f"figure(hline={hline!r}): give a number or a list of numbers, e.g. hline=0.5")
             out["hlines"] = tuple(float(v) for v in values)
         return out
@@ -325,7 +325,7 @@ class Helpers:
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
 
 
-def _numbers_or_none(value):
+def _finite_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
