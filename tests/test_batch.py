@@ -75,8 +75,8 @@ def test_scurves_batched_and_per_seed_agree(device):
 
 
 def test_expost_run_on_cuda_in_forked_workers(tmp_path, monkeypatch):
-    """`--device cuda` through the CLI, locally and through `expost serve`: workers are forked
-    (CUDA is first touched inside them) and both give the same numbers."""
+    """`--device cuda` through the CLI with one and with two workers: workers are forked (CUDA is
+    first touched inside them) and both give the same numbers."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
@@ -85,20 +85,12 @@ def test_expost_run_on_cuda_in_forked_workers(tmp_path, monkeypatch):
     for name in ("scurves.py", "_lowrank.py"):
         shutil.copy(REPO / "experiments" / name, ws / "experiments" / name)
     args = ["run", "scurves", "--device", "cuda", "--where", "model=factored", "--where", "rank=1",
-            "--where", "init_scale=0.001", "--set", "steps=300", "-j", "2", "-q"]
+            "--where", "init_scale=0.001", "--set", "steps=300", "-q"]
     finals = []
-    for served in (False, True):
-        environ = {**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / f"cache-{served}")}
-        cmd = [sys.executable, "-m", "expost"]
-        if served:
-            r = subprocess.run([*cmd, "serve", "--detach", "--idle", "2"], cwd=ws, env=environ, capture_output=True,
-                               text=True, timeout=300)
-            assert r.returncode == 0, r.stderr
-        try:
-            r = subprocess.run([*cmd, *args], cwd=ws, env=environ, capture_output=True, text=True, timeout=600)
-        finally:
-            if served:
-                subprocess.run([*cmd, "serve", "--stop"], cwd=ws, env=environ, capture_output=True, timeout=60)
+    for jobs in ("1", "2"):
+        environ = {**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / f"cache-{jobs}")}
+        r = subprocess.run([sys.executable, "-m", "expost", *args, "-j", jobs], cwd=ws, env=environ,
+                           capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and "10 ran, 0 failed" in r.stderr, r.stderr
         w = find_workspace(ws)
         monkeypatch.setenv("EXPOST_CACHE_DIR", environ["EXPOST_CACHE_DIR"])

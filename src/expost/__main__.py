@@ -1,3 +1,3 @@
-from expost.entry import main
+from expost.cli import main
 
 main()

@@ -47,15 +47,15 @@ def selection_options(f):
 
 def run_options(f):
     """-j/--jobs, --quiet, --force, --yes."""
-    @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                  help="Parallel worker processes (default: number of cores).")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-    @click.option("--force", is_flag=True, help="Rerun even cached runs.")
-    @click.option("--yes", is_flag=True, help="Confirm a plan larger than the safety limit.")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-    return wrapper
+    for option in reversed((
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                     help="Parallel worker processes (default: number of cores)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.option("--force", is_flag=True, help="Rerun even cached runs."),
+        click.option("--yes", is_flag=True, help="Confirm a plan larger than the safety limit."),
+    )):
+        f = option(f)
+    return f
 
 
 class ExpostGroup(click.Group):
@@ -510,58 +510,8 @@ def new_post(ctx, name, experiment):
     click.echo(scaffold.new_post(ws, name, experiment))
 
 
-@cli.command()
-@click.option("--detach", is_flag=True, help="Run in the background; its output goes to serve.log in the cache folder.")
-@click.option("--stop", is_flag=True, help="Stop this workspace's server.")
-@click.option("--status", is_flag=True, help="Say whether a server is running for this workspace.")
-@click.option("--idle", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Minutes without a command before the server exits.")
-@click.pass_context
-def serve(ctx, detach, stop, status, idle):
-    """Keep torch and expost imported in one warm process for this workspace.
-
-    While it runs, `run`, `build`, `check`, `render` and `verify` in this workspace start in a
-    fresh fork of it instead of importing torch again (about 1.5-3 s saved per command). Each
-    command still starts clean (experiments are imported anew), output and Ctrl-C work as
-    before, and results are identical. It stops by itself when expost or the installed packages
-    change, after --idle minutes without a command, or with --stop. EXPOST_NO_SERVER=1 ignores it.
-
-    \b
-    Example:
-        expost serve --detach && expost run scurves && expost serve --stop
-    """
-    from expost import client, server
-
-    cache = workspace_of(ctx).cache_dir
-    if stop or status:
-        reply = client.request(cache, "stop" if stop else "status")
-        if reply is None:
-            click.echo(f"no server is running for {cache}")
-            sys.exit(1 if status else 0)
-        if stop:
-            click.echo(f"server stopped (pid {reply['stopping']})")
-        else:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reply["since"]))
-            click.echo(f"server running: pid {reply['pid']} since {since}; {reply['served']} request(s) served, "
-                       f"{reply['running']} command(s) running; socket {client.socket_path(cache)}")
-        return
-    if detach:
-        info = server.detach(cache, idle * 60)
-        click.echo(f"server ready: pid {info['pid']}, imports took {info['preload_s']:.2f} s; log {info['log']}; "
-                   "stop it with `expost serve --stop`")
-        return
-
-    def ready(info):
-        missing = f" (not importable: {', '.join(info['missing'])})" if info["missing"] else ""
-        click.echo(f"server ready: pid {info['pid']}, imports took {info['preload_s']:.2f} s{missing}; "
-                   f"socket {info['socket']}; Ctrl-C stops it", err=True)
-
-    why = server.serve(cache, idle * 60, ready)
-    click.echo(f"server stopped: {why}", err=True)
-
-
 def main():
-    """The CLI in this process (the `expost` command itself starts at expost.entry:main)."""
+    """The `expost` console script."""
     cli(prog_name="expost")
 
 
