@@ -207,26 +207,12 @@ class Bench:
         self.env = env
         self.memo: dict = {}
         self.notes: list[str] = []
-        self.servers: dict = {}  # cache -> workspace of each `expost serve --detach` started here
         # expost's bytecode, compiled as any installed package's is at install time: this machine
         # sets PYTHONDONTWRITEBYTECODE, so an editable install would otherwise compile every module
         # on every run (dvc, torch and click have theirs from pip)
         subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "src" / "expost")], check=True)
         self.notes.append("expost's modules were byte-compiled first (`python -m compileall src/expost`), "
                           "as pip does for installed packages; this machine sets PYTHONDONTWRITEBYTECODE.")
-
-    def serve(self, ws: Path, cache: Path) -> float:
-        """A warm `expost serve` for ws with this cache (stopped at the end); seconds its start took."""
-        if cache not in self.servers:
-            wall, _ = run_cmd([self.expost, "serve", "--detach", "--idle", "60"], self.env_with(cache), ws, timeout=300)
-            self.servers[cache] = ws
-            self.memo.setdefault("serve_start", []).append(wall)
-        return self.memo["serve_start"][-1]
-
-    def stop_servers(self) -> None:
-        for cache, ws in self.servers.items():
-            subprocess.run([self.expost, "serve", "--stop"], env=self.env_with(cache), cwd=ws, capture_output=True)
-        self.servers.clear()
 
     def env_with(self, cache: Path, **extra) -> dict:
         return {**self.env, "EXPOST_CACHE_DIR": str(cache), **extra}
@@ -251,24 +237,16 @@ class Bench:
             shutil.copy(ROOT / "experiments" / "_lowrank.py", ws / "experiments" / "_lowrank.py")
         return ws
 
-    def expost_cold(self, variant: str, i: int, device: str = "cpu", served: bool = False) -> float:
+    def expost_cold(self, variant: str, i: int, device: str = "cpu") -> float:
         ws = self.scurves_workspace(batched=variant != "cold")
-        if served:  # the server lives in its cache folder: empty it but keep the server
-            cache = self.tmp / f"cache-{variant}-{device}-served"
-            self.serve(ws, cache)
-            for entry in cache.iterdir():
-                if entry.name not in ("serve.sock", "serve.log"):
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        else:
-            cache = self.tmp / f"cache-{variant}-{device}-{i}"  # a fresh cache every repetition
+        cache = self.tmp / f"cache-{variant}-{device}-{i}"  # a fresh cache every repetition
         cmd = [self.expost, "run", "scurves", *SCURVES_WHERE, "--seeds", "10", "-j", "2", "-q"]
         if device != "cpu":
             cmd += ["--device", device]
         wall, p = run_cmd(cmd, self.env_with(cache), ws)
         if "10 ran" not in p.stderr:
             raise BenchError(f"expected `10 ran` from `expost run`, got: {p.stderr.strip()}")
-        if not served:
-            shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
         return wall
 
     def handwritten(self, i: int, device: str = "cpu") -> float:
@@ -283,17 +261,15 @@ class Bench:
         """None when batched seeds can be measured, else why not."""
         if not has_top_level_def(ROOT / "experiments" / "scurves.py", "run_batch"):
             return "not available yet: experiments/scurves.py defines no run_batch(cfg, seeds)"
-        if not any("run_batch" in p.read_text() for p in (ROOT / "src" / "expost").glob("*.py")):
+        if not any("run_batch" in p.read_text() for p in (ROOT / "src" / "expost").rglob("*.py")):
             return "not available yet: expost does not call run_batch"
         return None
 
     def cold_pair(self) -> dict:
-        """expost (2 workers, per seed; without and with a warm server) and the hand-written loop,
-        alternating; memoised."""
+        """expost (2 workers, per seed) and the hand-written loop, alternating; memoised."""
         if "cold" not in self.memo:
             self.memo["cold"] = alternate(self.reps(5), 1, {
                 "expost": lambda i: self.expost_cold("cold", i),
-                "served": lambda i: self.expost_cold("cold", i, served=True),
                 "loop": lambda i: self.handwritten(i)})
         return self.memo["cold"]
 
@@ -317,10 +293,7 @@ def row_noop(b: Bench) -> list[Row]:
                    f"example workspace (fresh cache) took {fmt_s(first)}"
                    + (f" for {ran.group(3)} runs" if ran else "") + f" (load at its end {loadavg()}).")
 
-    served_env, env = env, {**env, "EXPOST_NO_SERVER": "1"}  # the plain rows never use the server
-    b.serve(ws, cache)
-
-    def noop(i, env=env):
+    def noop(i):
         wall, p = run_cmd([b.expost, "build", "-q", *seeds], env, ws)
         lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
         if not lines or not all(ln.endswith(": up to date") for ln in lines):
@@ -330,7 +303,7 @@ def row_noop(b: Bench) -> list[Row]:
     def pass_(i):
         return run_cmd([PYTHON, "-c", "pass"], env, ws)[0]
 
-    runners = {"expost": noop, "python": pass_, "served": lambda i: noop(i, served_env)}
+    runners = {"expost": noop, "python": pass_}
     dvc = tool("dvc")
     dvc_note = None
     if dvc:
@@ -379,12 +352,6 @@ def row_noop(b: Bench) -> list[Row]:
     else:
         rows.append(Row("no-op `expost build` vs no-op `dvc repro` (1 stage)", fmt_s(e), "skipped", "-",
                         "<= 0.2x", "n/a", notes=[dvc_note]))
-    sv = med(r["served"])
-    rows.append(Row("no-op `expost build` with a warm `expost serve`", fmt_s(sv),
-                    fmt_s(d) + " (dvc)" if dvc else "-", f"{sv / d:.2f}x" if dvc else "-", "<= 0.15 s; <= 0.2x dvc",
-                    yes(sv <= 0.15 and (not dvc or sv / d <= 0.2)), reps=r,
-                    notes=[f"through the server: {spread(r['served'], r.get('served warm-up'))}; the client imports "
-                           "neither click nor torch, the fork has everything imported"]))
 
     # Where the time goes: imports (-X importtime) and a profile of one more no-op build.
     _, p = run_cmd([PYTHON, "-X", "importtime", "-m", "expost", "build", "-q", *seeds], env, ws)
@@ -442,18 +409,11 @@ def row_cold(b: Bench) -> list[Row]:
     e, loop = med(r["expost"]), med(r["loop"])
     note = ("scurves.py copied with run_batch removed, so this row stays per-seed" if
             has_top_level_def(ROOT / "experiments" / "scurves.py", "run_batch") else "scurves.py as in the repo")
-    sv = med(r["served"])
     return [Row("cold run, 10 seeds x 1000 steps, `-j 2` vs hand-written loop", fmt_s(e), fmt_s(loop),
                 f"{e / loop:.2f}x", "<= 0.55x", yes(e / loop <= 0.55), reps=r,
                 notes=[f"expost run: {spread(r['expost'], r.get('expost warm-up'))}", f"bench/handwritten_loop.py: {spread(r['loop'], r.get('loop warm-up'))}",
                        note, "fresh EXPOST_CACHE_DIR every repetition; both sides are whole processes",
-                       "fixed costs, " + b.memo["fixed"]]),
-            Row("the same, with a warm `expost serve` (empty cache every repetition)", fmt_s(sv), fmt_s(loop),
-                f"{sv / loop:.2f}x", "<= 0.55x", yes(sv / loop <= 0.55), reps=r,
-                notes=[f"expost run through the server: {spread(r['served'], r.get('served warm-up'))}",
-                       f"the server was started once beforehand (`expost serve --detach`: {fmt_s(b.memo['serve_start'][0])}, "
-                       "not counted); every repetition empties its cache, so all 10 seeds run each time; the "
-                       "hand-written loop is the same measurement as the row above"])]
+                       "fixed costs, " + b.memo["fixed"]])]
 
 
 def row_batched(b: Bench) -> list[Row]:
@@ -472,20 +432,12 @@ def row_batched(b: Bench) -> list[Row]:
                 continue
         runners = {"expost": lambda i: b.expost_cold("batched", i, device),
                    "loop": lambda i: b.handwritten(i, device)}
-        runners["served"] = lambda i: b.expost_cold("batched", i, device, served=True)
         r = alternate(b.reps(5), 1, runners)
         e, loop = med(r["expost"]), med(r["loop"])
         b.memo[f"batched-{device}"] = e
         rows.append(Row(name, fmt_s(e), fmt_s(loop), f"{e / loop:.2f}x", "<= 0.25x", yes(e / loop <= 0.25),
                         reps=r, notes=[f"expost run (run_batch): {spread(r['expost'], r.get('expost warm-up'))}",
                                        f"hand-written loop: {spread(r['loop'], r.get('loop warm-up'))}"]))
-        if "served" in r:
-            sv = med(r["served"])
-            b.memo[f"batched-{device}-served"] = sv
-            rows.append(Row(f"the same, batched ({device}), with a warm `expost serve`", fmt_s(sv), fmt_s(loop),
-                            f"{sv / loop:.2f}x", "<= 0.25x", yes(sv / loop <= 0.25), reps=r,
-                            notes=[f"expost run (run_batch) through the server: {spread(r['served'], r.get('served warm-up'))}; "
-                                   "server started once beforehand, cache emptied every repetition"]))
     return rows
 
 
@@ -553,19 +505,13 @@ def row_papermill(b: Bench) -> list[Row]:
     else:
         r["expost"] = b.cold_pair()["expost"]
         e, which = med(r["expost"]), "`expost run -j 2`, per seed"
-    rows = []
-    if "batched-cpu-served" in b.memo:
-        sv = b.memo["batched-cpu-served"]
-        rows.append(Row("the same 10 seeds vs papermill, with a warm `expost serve`", fmt_s(sv), fmt_s(pm),
-                        f"{pm / sv:.1f}x faster", ">= 20x faster", yes(pm / sv >= 20),
-                        notes=["expost side: the batched row's server measurement; papermill as in the row above"]))
     return [Row(name, fmt_s(e), fmt_s(pm), f"{pm / e:.1f}x faster", ">= 20x faster", yes(pm / e >= 20), reps=r,
                 notes=[f"papermill: {spread(r['papermill'], r.get('papermill warm-up'))}; {reps} repetition(s), no warm-up (each takes "
                        "tens of seconds; torch is already in the page cache from the other rows)",
                        f"expost side: {which}",
                        "one Python process calls papermill.execute_notebook for seeds 1..10 in turn (a new "
                        "kernel per seed), the cheapest way to drive papermill; bench/scurve.ipynb runs the same "
-                       "scurves.run as expost"])] + rows
+                       "scurves.run as expost"])]
 
 
 def row_overhead(b: Bench) -> list[Row]:
@@ -844,7 +790,6 @@ def main() -> int:
         text = report(b, rows, machine(), started, load_start, total, selected)
         out.write_text(text)
     finally:
-        b.stop_servers()
         if args.keep:
             print(f"kept {b.tmp}", file=sys.stderr)
         else:

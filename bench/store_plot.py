@@ -1,8 +1,8 @@
 """Store-and-plot row: peak memory of writing, reading and plotting 1000 seeds x 1e5 steps.
 
-Writes SEEDS cache entries of one STEPS-long float32 series each with `expost.cache.Cache.write`,
+Writes SEEDS cache entries of one STEPS-long float32 series each with `expost.runs.cache.Cache.write`,
 reads them back (checksums verified, as a render does) and draws them with
-`expost.figures.curves`. Prints one JSON line with the phase timings and the peak RSS of this
+`expost.posts.figures.curves`. Prints one JSON line with the phase timings and the peak RSS of this
 process (`resource.getrusage`, so it covers every phase).
 
 --via cache:     Cache.read + Entry.series into one preallocated float32 seeds x steps array
@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
-from expost.cache import Cache
-from expost.figures import curves
-from expost.results import Record, ResultSet
+from expost.runs.cache import Cache
+from expost.posts.figures import curves
+from expost.runs.results import Record, ResultSet
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--cache", required=True, help="cache folder (a temp dir)")

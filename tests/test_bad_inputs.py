@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from expost.plan import MAX_RUNS_WITHOUT_CONFIRM
+from expost.runs.plan import MAX_RUNS_WITHOUT_CONFIRM
 
 GOOD = '''
 PARAMS = {"rate": 0.5, "steps": 5}

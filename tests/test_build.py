@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from browser import check_page, require_browser
 from expost.cli import cli
-from expost.export import comparable
+from expost.publish.export import comparable
 
 from conftest import make_workspace
 

@@ -146,7 +146,7 @@ def _age(paths, seconds=10):
 def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
     """A no-op build parses no source: load_static's result comes back from the cache while every
     file that decides it is unchanged (and old enough to trust its stats)."""
-    from expost import spec as spec_mod
+    from expost.runs import spec as spec_mod
 
     w = find_workspace(ws)
     first = pipeline.load_specs(w, ["toy", "other"])

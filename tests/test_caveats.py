@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from expost import caveats
-from expost.claims import FAILS, HOLDS, INCONCLUSIVE, Verdict
-from expost.stats import compare, summarize
+from expost.posts import caveats
+from expost.runs.claims import FAILS, HOLDS, INCONCLUSIVE, Verdict
+from expost.runs.stats import compare, summarize
 
 
 def verdict(k, n, verdict, min_frac=1.0, per_seed=True, missing=0):

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from expost import figures
+from expost.posts import figures
 from expost.errors import ExpostError
 
 
@@ -18,7 +18,7 @@ def loss_runs(seeds=4, steps=300, seed=0):
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, expost.figures; print(any(m.startswith('matplotlib') for m in sys.modules))"
+    code = "import sys, expost.posts.figures; print(any(m.startswith('matplotlib') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -40,7 +40,7 @@ def test_identical_bytes_across_processes(tmp_path):
     """A rebuild is a new process: SVG ids must not depend on a per-process random salt."""
     script = textwrap.dedent(f"""
         import numpy as np
-        from expost import figures
+        from expost.posts import figures
         data = {{"a": np.linspace(1, 0.1, 50)[None] * np.array([[1.0], [1.1]])}}
         figures.curves({str(tmp_path)!r} + "/{{}}.svg".format(__import__("sys").argv[1]), data)
         figures.scalar_by_condition({str(tmp_path)!r} + "/{{}}.png".format(__import__("sys").argv[1]),

@@ -13,9 +13,9 @@ import traceback
 import pytest
 from fakegist import OWNER, fake_gist, fake_token  # noqa: F401  (fake_gist is a fixture)
 
-from expost import gist
+from expost.publish import gist
 from expost.errors import PublishError
-from expost.gist import get_token, publish
+from expost.publish.gist import get_token, publish
 
 PNG = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256))
 

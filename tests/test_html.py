@@ -7,7 +7,7 @@ import re
 import pytest
 
 from browser import check_page, require_browser
-from expost.html import HtmlError, markdown_to_html
+from expost.posts.html import HtmlError, markdown_to_html
 
 # A 1x1 PNG: enough for the unit tests, which never decode it.
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -124,10 +124,10 @@ def lesswrong_maths(src):
 
 
 def test_dollar_rules_match_lesswrong_on_random_text(tmp_path, monkeypatch):
-    import expost.html
+    import expost.posts.html
 
     seen = []
-    monkeypatch.setattr(expost.html, "latex_to_mathml", lambda latex, display: seen.append((latex, display)) or "")
+    monkeypatch.setattr(expost.posts.html, "latex_to_mathml", lambda latex, display: seen.append((latex, display)) or "")
     rnd = random.Random(7)
     pieces = ["$", "$", "$$", "x", "ab", " ", "5", "\n", "\n", "{", "}", "y2", "\n\n"]
     for _ in range(1500):

@@ -13,7 +13,7 @@ from mdit_py_plugins.footnote import footnote_plugin
 
 from expost.cli import cli
 from expost.errors import PublishError
-from expost.export import _add, check_gist
+from expost.publish.export import _add, check_gist
 
 from conftest import make_workspace
 from fakegist import OWNER, fake_gist  # noqa: F401  (fake_gist is a fixture)

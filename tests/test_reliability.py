@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from expost.cache import Cache
+from expost.runs.cache import Cache
 
 from conftest import make_workspace
 

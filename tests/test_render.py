@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expost.claims import evaluate
-from expost.codeembed import extract
+from expost.runs.claims import evaluate
+from expost.posts.codeembed import extract
 from expost.errors import TemplateError
-from expost.post import load_post
-from expost.render import Inputs, render
-from expost.results import Record, ResultSet
-from expost.spec import load_full
+from expost.posts.post import load_post
+from expost.posts.render import Inputs, render
+from expost.runs.results import Record, ResultSet
+from expost.runs.spec import load_full
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"

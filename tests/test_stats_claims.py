@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from expost.claims import FAILS, HOLDS, INCONCLUSIVE, decide, evaluate_claim, interpret
+from expost.runs.claims import FAILS, HOLDS, INCONCLUSIVE, decide, evaluate_claim, interpret
 from expost.fmt import num
-from expost.results import Record, ResultSet
-from expost.spec import Claim, Spec
-from expost.stats import bootstrap_ci, compare, iqm, summarize
+from expost.runs.results import Record, ResultSet
+from expost.runs.spec import Claim, Spec
+from expost.runs.stats import bootstrap_ci, compare, iqm, summarize
 
 
 def test_iqm_of_1_to_8():

@@ -34,7 +34,7 @@ def selection_options(f):
     @functools.wraps(f)
     def wrapper(*args, seeds, set_, where, device, **kwargs):
         from expost.pipeline import Selection
-        from expost.plan import parse_assignments
+        from expost.runs.plan import parse_assignments
 
         try:
             sel = Selection(seeds=seeds, set=parse_assignments(set_, "--set"),
@@ -167,7 +167,7 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
     """
     if explain:
         from expost import pipeline
-        from expost.cache import Cache
+        from expost.runs.cache import Cache
 
         ws = workspace_of(ctx)
         specs = pipeline.load_specs(ws, experiments)
@@ -237,7 +237,7 @@ def list_(ctx, experiments, sel):
         expost list
     """
     from expost import pipeline
-    from expost.cache import Cache
+    from expost.runs.cache import Cache
 
     ws = workspace_of(ctx)
     specs = pipeline.load_specs(ws, experiments)
@@ -261,7 +261,7 @@ def list_(ctx, experiments, sel):
 
 def _post_plans(ctx, posts, sel):
     from expost import writeup
-    from expost.post import find_posts
+    from expost.posts.post import find_posts
 
     ws = workspace_of(ctx)
     return ws, [writeup.plan_post(ws, p, sel) for p in find_posts(ws.templates_dir, posts)]
@@ -365,7 +365,7 @@ def verify(ctx, post, k, jobs):
     Example:
         expost verify scurves --seeds 3
     """
-    from expost import verify as verify_mod
+    from expost.runs import verify as verify_mod
     from expost.fmt import num
     from expost.pipeline import Selection
 
@@ -421,9 +421,10 @@ def publish_gist(ctx, post, dry_run, remote, public, allow_secrets):
     """
     import json as json_mod
 
-    from expost import gist, writeup
+    from expost import writeup
+    from expost.publish import gist
     from expost.pipeline import Selection
-    from expost.safety import refuse_secrets
+    from expost.publish.safety import refuse_secrets
 
     sel = Selection()
     ws, pps = _post_plans(ctx, (post,), sel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from expost.spec import local_sources
+from expost.runs.spec import local_sources
 
 
 def git_state(root: Path, inputs: list[Path]) -> dict:

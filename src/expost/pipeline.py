@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from expost.cache import Cache, atomic_write, atomic_write_text
+from expost.runs.cache import Cache, atomic_write, atomic_write_text
 from expost.errors import ConfigError, SpecError
-from expost.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
-from expost.spec import Spec, discover, from_static_record, load_full, load_static, static_inputs, static_record
+from expost.runs.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
+from expost.runs.spec import Spec, discover, from_static_record, load_full, load_static, static_inputs, static_record
 from expost.workspace import Workspace
 
 
@@ -109,7 +109,7 @@ def _sig(path: Path) -> tuple | None:
 
 def validate(spec: Spec, sel: Selection) -> Spec:
     """Full load (import, CLAIMS) plus a dry run of every claim on placeholder results."""
-    from expost import claims as claims_mod
+    from expost.runs import claims as claims_mod
 
     full = spec if spec.module is not None else load_full(spec.path)
     _overrides(full, sel)  # type-check --set/--where against the parameters
@@ -182,7 +182,7 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
             on_start: Callable[[int], None] | None = None,
             on_corrupt: Callable[[list], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
-    from expost.runner import execute
+    from expost.runs.runner import execute
 
     cache = Cache(ws.cache_dir)
     cache.ensure_writable()
@@ -217,8 +217,8 @@ def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]]
 def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache) -> list:
     """One task per run; for an experiment with run_batch, one task per fixed block of seeds
     (a whole block reruns when any of its seeds is missing, so numbers never depend on history)."""
-    from expost.plan import with_seed
-    from expost.runner import BATCH_BLOCK, BatchTask, Task
+    from expost.runs.plan import with_seed
+    from expost.runs.runner import BATCH_BLOCK, BatchTask, Task
 
     outputs = {n: o.kind for n, o in full.outputs.items()}
     log = lambda r: str(cache.log_path(r.experiment, r.label, r.seed))
@@ -247,7 +247,7 @@ def _record(cache: Cache, outcomes: list) -> None:
 
 def results(ws: Workspace, spec: Spec, runs: list[PlannedRun]):
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
-    from expost.results import Record, ResultSet
+    from expost.runs.results import Record, ResultSet
 
     cache = Cache(ws.cache_dir)
     records = []
@@ -263,7 +263,7 @@ def results(ws: Workspace, spec: Spec, runs: list[PlannedRun]):
 
 def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list:
     """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
-    from expost import claims as claims_mod
+    from expost.runs import claims as claims_mod
 
     full = validate(spec, sel)
     rs = results(ws, full, runs)

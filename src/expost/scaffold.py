@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from expost.errors import WorkspaceError
-from expost.post import check_name
-from expost.spec import discover
+from expost.posts.post import check_name
+from expost.runs.spec import discover
 from expost.workspace import Workspace
 
 HERE = Path(__file__).parent / "scaffold"

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expost import __version__
-from expost.cache import Cache, atomic_write_text, sha256_file
+from expost.runs.cache import Cache, atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
 from expost.gitstate import git_state, head, post_inputs
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
-from expost.plan import PlannedRun, digest
-from expost.post import Post
-from expost.spec import Spec
+from expost.runs.plan import PlannedRun, digest
+from expost.posts.post import Post
+from expost.runs.spec import Spec
 from expost.workspace import Workspace
 
 # Rendering, claims, figures and export are imported inside the functions that use them: the
@@ -147,9 +147,9 @@ def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
 def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
     """Render and export the post from the cache into `out` (an empty folder); returns warnings.
     Never runs anything."""
-    from expost import claims as claims_mod
-    from expost.export import export
-    from expost.render import Inputs, render
+    from expost.runs import claims as claims_mod
+    from expost.publish.export import export
+    from expost.posts.render import Inputs, render
 
     lacking = missing(ws, pp)
     if lacking:
@@ -168,7 +168,7 @@ def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Pa
     inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
     rendered = render(inputs, ws.templates_dir, out)
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
-    from expost.html import markdown_to_html
+    from expost.posts.html import markdown_to_html
 
     html = markdown_to_html(rendered.body, title=pp.post.title, base_dir=out, summary=pp.post.summary)
     (out / "post.html").write_text(html, encoding="utf-8")
@@ -231,7 +231,7 @@ def _build_locked(ws: Workspace, pp: PostPlan, sel: Selection, command: str, key
     stage = _stage(ws, pp)
     try:
         warnings = render_to(ws, pp, sel, command, stage)
-        from expost.safety import refuse_secrets
+        from expost.publish.safety import refuse_secrets
 
         if not allow_secrets:
             refuse_secrets(stage, f"export of {pp.post.name}")
@@ -257,7 +257,7 @@ def check_post(ws: Workspace, pp: PostPlan, sel: Selection) -> list[str]:
 
 
 def diff_trees(new: Path, old: Path) -> list[str]:
-    from expost.export import comparable
+    from expost.publish.export import comparable
 
     def files(root: Path) -> dict:
         if not root.is_dir():

@@ -85,7 +85,7 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, xlim=None, hlines=(), **
             extra = {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.05, **extra)
     data = _compact_png(buf.getvalue()) if fmt == "png" else buf.getvalue()
-    from expost.cache import atomic_write
+    from expost.runs.cache import atomic_write
 
     atomic_write(path, data)
 
@@ -210,7 +210,7 @@ def _curve_lines(data, *, x=None, logy=False, max_points=MAX_POINTS, label="") -
 
 def _median_ci(values, ci=None):
     """Median and 95% CI of the finite values (seeded bootstrap unless `ci` is given)."""
-    from expost.stats import bootstrap_ci
+    from expost.runs.stats import bootstrap_ci
 
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v)]

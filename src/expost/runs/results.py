@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 
 from expost.errors import NoRunsError, ResultError
-from expost.plan import config_label
-from expost.stats import Comparison, Summary, compare, summarize
+from expost.runs.plan import config_label
+from expost.runs.stats import Comparison, Summary, compare, summarize
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from expost.errors import NoRunsError, ResultError, SpecError
-from expost.results import Record, ResultSet
-from expost.spec import Claim, Spec
+from expost.runs.results import Record, ResultSet
+from expost.runs.spec import Claim, Spec
 
 HOLDS, FAILS, INCONCLUSIVE, ERROR = "holds", "fails", "inconclusive", "error"
 MIN_SEEDS = 3  # fewer seeds than this cannot support or refute a claim

@@ -18,18 +18,18 @@ from types import ModuleType
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from expost import caveats
-from expost.claims import Verdict, value_label
-from expost.codeembed import extract
+from expost.posts import caveats
+from expost.runs.claims import Verdict, value_label
+from expost.posts.codeembed import extract
 from expost.errors import ExpostError, TemplateError
 from expost.fmt import num
-from expost.post import SUFFIX, Post, split_front_matter
-from expost.results import ResultSet
-from expost.spec import Spec
-from expost.stats import compare as paired_compare
+from expost.posts.post import SUFFIX, Post, split_front_matter
+from expost.runs.results import ResultSet
+from expost.runs.spec import Spec
+from expost.runs.stats import compare as paired_compare
 
 LAYOUT = f"layout{SUFFIX}"
-PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"  # the same folder writeup hashes
+PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the same folder writeup hashes
 
 
 class PostLoader(jinja2.FileSystemLoader):
@@ -168,8 +168,8 @@ class Helpers:
         path = spec.path
         if name and "." not in name:
             # look in the workspace modules the experiment imports if the script does not define it
-            from expost.codeembed import symbols
-            from expost.spec import local_sources
+            from expost.posts.codeembed import symbols
+            from expost.runs.spec import local_sources
 
             for candidate in local_sources(spec.path, spec.path.parent):
                 if name in symbols(candidate.read_text()):
@@ -261,7 +261,7 @@ class Helpers:
         """Draw a figure (a named kind, or a figure function of the experiment) and return its markdown.
         xlim=[lo, hi]: the steps shown (series kinds); hline=y or [y, ...]: dashed reference lines.
         For kind='curves', output may be a list of series outputs drawn together, one colour each."""
-        from expost import figures
+        from expost.posts import figures
 
         extra = self._decorations(kind, xlim, hline)
         outputs = list(output) if isinstance(output, (list, tuple)) else None

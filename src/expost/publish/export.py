@@ -23,10 +23,10 @@ from importlib import metadata
 from pathlib import Path
 
 from expost import __version__
-from expost.cache import sha256_file
+from expost.runs.cache import sha256_file
 from expost.errors import PublishError
 from expost.gitstate import git_state, post_inputs
-from expost.spec import local_sources
+from expost.runs.spec import local_sources
 
 MANIFEST_VERSION = 1
 WARN_BYTES = 1_000_000
@@ -104,7 +104,7 @@ def _add(files: dict, name: str, origin: str) -> None:
 def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, command: str, stage: Path,
            image_url, device: str = "cpu") -> Exported:
     """Write gist/, manifest.json and the forum post.md into the staged post folder."""
-    from expost.forum import to_forum_markdown
+    from expost.publish.forum import to_forum_markdown
 
     out = Exported()
     gist = stage / "gist"

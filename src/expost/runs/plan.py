@@ -13,7 +13,7 @@ import re
 
 from expost import RESULT_FORMAT
 from expost.errors import ConfigError
-from expost.spec import Spec, type_fits
+from expost.runs.spec import Spec, type_fits
 
 # A sweep larger than this needs --yes: a typo in a sweep should not start a week of runs.
 MAX_RUNS_WITHOUT_CONFIRM = 5000

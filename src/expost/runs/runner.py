@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from expost.cache import Cache
-from expost.plan import PlannedRun
+from expost.runs.cache import Cache
+from expost.runs.plan import PlannedRun
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -129,7 +129,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _module(script: str, source_hash: str):
-    from expost.spec import import_script
+    from expost.runs.spec import import_script
 
     key = (script, source_hash)
     if key not in _MODULES:

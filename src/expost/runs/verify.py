@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from expost.cache import Cache
+from expost.runs.cache import Cache
 from expost.errors import PublishError
 from expost.pipeline import make_tasks, validate
-from expost.runner import execute
+from expost.runs.runner import execute
 
 RTOL = 1e-5
 IDENTICAL, WITHIN, DRIFTED = "identical", "within tolerance", "drifted"

@@ -11,9 +11,9 @@ Each rule is a small function returning a sentence or "" so that templates and t
 
 from __future__ import annotations
 
-from expost.claims import ERROR, FAILS, HOLDS, INCONCLUSIVE, Verdict
+from expost.runs.claims import ERROR, FAILS, HOLDS, INCONCLUSIVE, Verdict
 from expost.fmt import num
-from expost.stats import Comparison, Summary
+from expost.runs.stats import Comparison, Summary
 
 FEW_SEEDS = 5
 CV_LIMIT = 0.25

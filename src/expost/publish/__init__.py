@@ -1,0 +1,1 @@
+"""Publishing: the gist and forum bundle, the manifest, the secret scan and the gist API."""
