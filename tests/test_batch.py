@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from expost import pipeline
-from expost.workspace import find_workspace
+from expost.layout import find_workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

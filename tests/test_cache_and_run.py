@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from expost import pipeline
-from expost.workspace import find_workspace
+from expost.layout import find_workspace
 
 
 def explain_lines(expost, *args):

@@ -12,7 +12,7 @@ import click
 
 from expost import __version__
 from expost.errors import ExpostError, PublishError, RunFailures
-from expost.workspace import find_workspace
+from expost.layout import find_workspace
 
 EPILOG = "Exit codes: 0 success; 1 a claim failed, a run failed or an input was invalid; 2 usage error."
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from expost.runs.cache import Cache, atomic_write, atomic_write_text
+from expost.runs.cache import Cache
+from expost.files import atomic_write, atomic_write_text
 from expost.errors import ConfigError, SpecError
 from expost.runs.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
 from expost.runs.spec import Spec, discover, from_static_record, load_full, load_static, static_inputs, static_record
-from expost.workspace import Workspace
+from expost.layout import Layout
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Selection:
     device: str = "cpu"
 
 
-def load_specs(ws: Workspace, names=()) -> list[Spec]:
+def load_specs(ws: Layout, names=()) -> list[Spec]:
     """The named experiments' static specs (all of them when no names are given)."""
     names = tuple(dict.fromkeys(names))  # `expost run toy toy` means toy once
     paths = discover(ws.experiments_dir)
@@ -59,7 +60,7 @@ class StaticSpecs:
     RACY_NS = 2_000_000_000
     VERSION = 1
 
-    def __init__(self, ws: Workspace):
+    def __init__(self, ws: Layout):
         self.path = ws.cache_dir / "specs.marshal"
 
     def load(self, paths: list[Path]) -> list[Spec]:
@@ -177,7 +178,7 @@ def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> l
     return list(runs) if force else [r for r in runs if not cache.valid(r.key)]
 
 
-def run_all(ws: Workspace, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
+def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
             force: bool = False, on_done: Callable[[object], None] | None = None,
             on_start: Callable[[int], None] | None = None,
             on_corrupt: Callable[[list], None] | None = None) -> list:
@@ -245,7 +246,7 @@ def _record(cache: Cache, outcomes: list) -> None:
         cache.update_index(exp, records)
 
 
-def results(ws: Workspace, spec: Spec, runs: list[PlannedRun]):
+def results(ws: Layout, spec: Spec, runs: list[PlannedRun]):
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
     from expost.runs.results import Record, ResultSet
 
@@ -261,7 +262,7 @@ def results(ws: Workspace, spec: Spec, runs: list[PlannedRun]):
     return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
 
 
-def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list:
+def check(ws: Layout, spec: Spec, runs: list[PlannedRun], sel: Selection) -> list:
     """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
     from expost.runs import claims as claims_mod
 
@@ -275,7 +276,7 @@ def check(ws: Workspace, spec: Spec, runs: list[PlannedRun], sel: Selection) -> 
     return verdicts
 
 
-def known_verdicts(ws: Workspace, spec: Spec) -> list[dict] | None:
+def known_verdicts(ws: Layout, spec: Spec) -> list[dict] | None:
     """Verdicts from the last `check` of this exact source, if any."""
     path = Cache(ws.cache_dir).root / "claims" / f"{spec.name}.json"
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from expost.errors import WorkspaceError
 from expost.posts.post import check_name
 from expost.runs.spec import discover
-from expost.workspace import Workspace
+from expost.layout import Layout
 
 HERE = Path(__file__).parent / "scaffold"
 
@@ -28,7 +28,7 @@ def new_experiment(root: Path, name: str) -> Path:
     return _write_new(Path(root) / "experiments" / f"{name}.py", text)
 
 
-def new_post(ws: Workspace, name: str, experiment: str | None = None) -> Path:
+def new_post(ws: Layout, name: str, experiment: str | None = None) -> Path:
     check_name(name)
     names = [p.stem for p in discover(ws.experiments_dir)]
     experiment = experiment or (names[0] if names else None)
@@ -47,5 +47,5 @@ def new_workspace(path: Path) -> list[Path]:
     (root / "templates").mkdir(parents=True, exist_ok=True)
     (root / ".gitignore").write_text(".expost/\n")
     exp = new_experiment(root, "example")
-    post = new_post(Workspace(root.resolve()), "example-post", "example")
+    post = new_post(Layout(root.resolve()), "example-post", "example")
     return [exp, post]

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expost import __version__
-from expost.runs.cache import Cache, atomic_write_text, sha256_file
+from expost.runs.cache import Cache
+from expost.files import atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
 from expost.gitstate import git_state, head, post_inputs
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.runs.plan import PlannedRun, digest
 from expost.posts.post import Post
 from expost.runs.spec import Spec
-from expost.workspace import Workspace
+from expost.layout import Layout
 
 # Rendering, claims, figures and export are imported inside the functions that use them: the
 # up-to-date check of a no-op build needs none of them (nor numpy, jinja2, torch or matplotlib).
@@ -43,7 +44,7 @@ class PostPlan:
         return [r for rs in self.plans.values() for r in rs]
 
 
-def plan_post(ws: Workspace, post: Post, sel: Selection) -> PostPlan:
+def plan_post(ws: Layout, post: Post, sel: Selection) -> PostPlan:
     names = {p.stem for p in ws.experiments_dir.glob("*.py")}
     for exp in post.experiments:
         if exp not in names:
@@ -87,7 +88,7 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
-def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
+def render_key(ws: Layout, pp: PostPlan, command: str) -> str:
     """Hash of everything a render reads, expost's own code included."""
     h = hashlib.sha256(code_hash().encode())
     for folder in (ws.templates_dir, PACKAGE_LAYOUTS):
@@ -101,7 +102,7 @@ def render_key(ws: Workspace, pp: PostPlan, command: str) -> str:
     return h.hexdigest()
 
 
-def _stamp_path(ws: Workspace, post: Post) -> Path:
+def _stamp_path(ws: Layout, post: Post) -> Path:
     return Cache(ws.cache_dir).root / "renders" / f"{post.name}.json"
 
 
@@ -114,7 +115,7 @@ def tree_stats(folder: Path) -> dict[str, list]:
             for p in sorted(folder.rglob("*")) if p.is_file() and (st := p.stat())}
 
 
-def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
+def up_to_date(ws: Layout, pp: PostPlan, key: str) -> bool:
     """Same inputs as the last render, and publish/NAME still holds exactly what it wrote.
 
     Fast paths, each falling back to the full check: files whose size and mtime match the stamp
@@ -139,12 +140,12 @@ def up_to_date(ws: Workspace, pp: PostPlan, key: str) -> bool:
     return True
 
 
-def missing(ws: Workspace, pp: PostPlan) -> list[PlannedRun]:
+def missing(ws: Layout, pp: PostPlan) -> list[PlannedRun]:
     cache = Cache(ws.cache_dir)
     return [r for r in pp.runs if not cache.has(r.key)]
 
 
-def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
+def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
     """Render and export the post from the cache into `out` (an empty folder); returns warnings.
     Never runs anything."""
     from expost.runs import claims as claims_mod
@@ -179,7 +180,7 @@ def render_to(ws: Workspace, pp: PostPlan, sel: Selection, command: str, out: Pa
 PUBLISHED = "published.json"
 
 
-def published_records(ws: Workspace) -> dict:
+def published_records(ws: Layout) -> dict:
     """Where each post was published (gist id, commit, raw URLs): publish/published.json."""
     try:
         return json.loads((ws.publish_dir / PUBLISHED).read_text())
@@ -189,13 +190,13 @@ def published_records(ws: Workspace) -> dict:
         raise PublishError(f"publish/{PUBLISHED} is not valid JSON ({e}); restore it from git") from None
 
 
-def save_published(ws: Workspace, name: str, record: dict) -> None:
+def save_published(ws: Layout, name: str, record: dict) -> None:
     records = published_records(ws)
     records[name] = record
     atomic_write_text(ws.publish_dir / PUBLISHED, json.dumps(records, sort_keys=True, indent=1) + "\n")
 
 
-def image_urls(ws: Workspace, post: Post, out: Path):
+def image_urls(ws: Layout, post: Post, out: Path):
     """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged,
     else image_base_url from expost.toml, else None (the link stays relative and export warns)."""
     record = published_records(ws).get(post.name) or {}
@@ -213,7 +214,7 @@ def image_urls(ws: Workspace, post: Post, out: Path):
     return url
 
 
-def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
+def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
                allow_secrets: bool = False) -> tuple[str, list[str]]:
     """Render into publish/NAME/ unless up to date. Returns ('up to date' | 'rendered', warnings)."""
     command = command_for(pp.post, sel)
@@ -226,7 +227,7 @@ def build_post(ws: Workspace, pp: PostPlan, sel: Selection, force: bool = False,
         return _build_locked(ws, pp, sel, command, key, allow_secrets)
 
 
-def _build_locked(ws: Workspace, pp: PostPlan, sel: Selection, command: str, key: str,
+def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: str,
                   allow_secrets: bool) -> tuple[str, list[str]]:
     stage = _stage(ws, pp)
     try:
@@ -246,7 +247,7 @@ def _build_locked(ws: Workspace, pp: PostPlan, sel: Selection, command: str, key
     return "rendered", warnings
 
 
-def check_post(ws: Workspace, pp: PostPlan, sel: Selection) -> list[str]:
+def check_post(ws: Layout, pp: PostPlan, sel: Selection) -> list[str]:
     """Render into a scratch folder and compare with publish/NAME/; returns the differing files."""
     stage = _stage(ws, pp)
     try:
@@ -276,7 +277,7 @@ def diff_trees(new: Path, old: Path) -> list[str]:
     return out
 
 
-def _stage(ws: Workspace, pp: PostPlan) -> Path:
+def _stage(ws: Layout, pp: PostPlan) -> Path:
     try:
         ws.publish_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=ws.publish_dir, prefix=f".{pp.post.name}.stage-"))

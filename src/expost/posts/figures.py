@@ -85,7 +85,7 @@ def _figure(path, *, figsize=FIGSIZE, nrows=1, ncols=1, xlim=None, hlines=(), **
             extra = {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.05, **extra)
     data = _compact_png(buf.getvalue()) if fmt == "png" else buf.getvalue()
-    from expost.runs.cache import atomic_write
+    from expost.files import atomic_write
 
     atomic_write(path, data)
 

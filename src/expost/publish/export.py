@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from expost import __version__
-from expost.runs.cache import sha256_file
+from expost.files import sha256_file
 from expost.errors import PublishError
 from expost.gitstate import git_state, post_inputs
 from expost.runs.spec import local_sources

@@ -1,23 +1,20 @@
 """Cache stage: content-addressed run results on disk, written atomically, checked on read.
 
-Layout under the cache dir (`.expost/` or $EXPOST_CACHE_DIR):
-    runs/<key[:2]>/<key>/result.json    scalars, metadata, sha256 of each series file
-    runs/<key[:2]>/<key>/<series>.npy   float32 arrays
-    index/<experiment>.json             last key per (sweep point, seed): powers --explain
-    logs/<experiment>/...               stdout/stderr and tracebacks of runs
+An entry (paths: expost.layout.CacheLayout) is a folder holding result.json (scalars, metadata,
+the sha256 of each series file) and one float32 .npy per series.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from expost.files import atomic_write_text, file_lock, sha256_file
+from expost.layout import CacheLayout
 
 
 @dataclass
@@ -38,54 +35,15 @@ class Entry:
         return np.load(self.dir / f"{name}.npy", allow_pickle=False)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new bytes, never half of them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures and publish/published.json are published
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock (flock) held for the block; released if the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.paths = CacheLayout(self.root)
         self.quarantined: list[str] = []  # keys of corrupt entries set aside by this instance
 
     def lock(self, name: str):
         """Serialise work on one run key (or post) across processes: two builds never run it twice."""
-        return file_lock(self.root / "locks" / f"{name}.lock")
+        return file_lock(self.paths.lock(name))
 
     def ensure_writable(self) -> None:
         from expost.errors import WorkspaceError
@@ -112,11 +70,10 @@ class Cache:
         return self.has(key) and self.read(key) is not None
 
     def entry_dir(self, key: str) -> Path:
-        return self.root / "runs" / key[:2] / key
+        return self.paths.entry(key)
 
     def log_path(self, experiment: str, label: str, seed: int) -> Path:
-        safe = "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in label)[:120]
-        return self.root / "logs" / experiment / f"{safe}-seed{seed}.log"
+        return self.paths.log(experiment, label, seed)
 
     def has(self, key: str) -> bool:
         return (self.entry_dir(key) / "result.json").exists()
@@ -147,15 +104,14 @@ class Cache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def read(self, key: str, verify: bool = True) -> Entry | None:
+    def read(self, key: str) -> Entry | None:
         """The entry, or None when missing or corrupt (a corrupt entry is moved aside)."""
         d = self.entry_dir(key)
         try:
             meta = json.loads((d / "result.json").read_text())
-            if verify:
-                for name, digest in meta["series_sha256"].items():
-                    if sha256_file(d / f"{name}.npy") != digest:
-                        raise ValueError(f"checksum mismatch in {name}.npy")
+            for name, digest in meta["series_sha256"].items():
+                if sha256_file(d / f"{name}.npy") != digest:
+                    raise ValueError(f"checksum mismatch in {name}.npy")
         except FileNotFoundError:
             if d.exists():
                 self._quarantine(d)
@@ -166,7 +122,7 @@ class Cache:
         return Entry(key, d, meta)
 
     def _quarantine(self, d: Path) -> None:
-        bad = self.root / "corrupt"
+        bad = self.paths.corrupt
         bad.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(d, bad / f"{d.name}.{os.getpid()}")
@@ -176,7 +132,7 @@ class Cache:
 
     # --explain bookkeeping: the last key seen for each (experiment, sweep point, seed)
     def index_path(self, experiment: str) -> Path:
-        return self.root / "index" / f"{experiment}.json"
+        return self.paths.index(experiment)
 
     def read_index(self, experiment: str) -> dict:
         try:

@@ -1,4 +1,16 @@
-"""Where things live: the workspace, its settings, and the cache directory."""
+"""Where things live: every path under a workspace and under its cache (`.expost/`).
+
+    experiments/ templates/ expost.toml          the inputs
+    publish/NAME/  publish/published.json        the committed output
+    .expost/ (or $EXPOST_CACHE_DIR):
+        runs/<key[:2]>/<key>/   one cached run (result.json and float32 .npy series)
+        index/<experiment>.json the last key per (sweep point, seed): powers --explain
+        logs/<experiment>/      output and traceback of failed runs
+        claims/<experiment>.json the last verdicts of `expost check`
+        renders/<post>.json     the stamp of a post's last render
+        specs.marshal           static specs remembered by the stats of their files
+        locks/  corrupt/        per-key locks; corrupt entries set aside
+"""
 
 from __future__ import annotations
 
@@ -13,8 +25,42 @@ CACHE_ENV = "EXPOST_CACHE_DIR"
 
 
 @dataclass(frozen=True)
-class Workspace:
-    """A folder with `experiments/` (and usually `templates/`); everything is relative to it."""
+class CacheLayout:
+    """The paths inside the cache folder."""
+
+    root: Path
+
+    def entry(self, key: str) -> Path:
+        return self.root / "runs" / key[:2] / key
+
+    def index(self, experiment: str) -> Path:
+        return self.root / "index" / f"{experiment}.json"
+
+    def log(self, experiment: str, label: str, seed: int) -> Path:
+        safe = "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in label)[:120]
+        return self.root / "logs" / experiment / f"{safe}-seed{seed}.log"
+
+    def claims(self, experiment: str) -> Path:
+        return self.root / "claims" / f"{experiment}.json"
+
+    def render_stamp(self, post: str) -> Path:
+        return self.root / "renders" / f"{post}.json"
+
+    @property
+    def specs_store(self) -> Path:
+        return self.root / "specs.marshal"
+
+    def lock(self, name: str) -> Path:
+        return self.root / "locks" / f"{name}.lock"
+
+    @property
+    def corrupt(self) -> Path:
+        return self.root / "corrupt"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A workspace: a folder with `experiments/` (and usually `templates/`); every path in it."""
 
     root: Path
     settings: dict = field(default_factory=dict)
@@ -39,6 +85,22 @@ class Workspace:
     def cache_dir(self) -> Path:
         return cache_dir(self.root)
 
+    @property
+    def cache(self) -> CacheLayout:
+        return CacheLayout(self.cache_dir)
+
+    def post_dir(self, post: str) -> Path:
+        return self.publish_dir / post
+
+    @property
+    def published_json(self) -> Path:
+        """Where each post was published (gist id, commit, raw URLs)."""
+        return self.publish_dir / "published.json"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "expost.toml"
+
     def rel(self, path: Path) -> str:
         """A path as shown to users and written to manifests: relative to the workspace."""
         try:
@@ -62,7 +124,7 @@ def cache_dir(root: Path) -> Path:
     return path
 
 
-def find_workspace(start: Path | None = None, explicit: Path | None = None) -> Workspace:
+def find_workspace(start: Path | None = None, explicit: Path | None = None) -> Layout:
     """The workspace named by --workspace, or the nearest folder upwards holding experiments/."""
     if explicit is not None:
         root = Path(explicit).resolve()
@@ -71,11 +133,11 @@ def find_workspace(start: Path | None = None, explicit: Path | None = None) -> W
                 f"--workspace {explicit}: no experiments/ folder there. "
                 "Point --workspace at a folder holding experiments/, or create one with `expost new workspace`."
             )
-        return Workspace(root, load_settings(root))
+        return Layout(root, load_settings(root))
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "experiments").is_dir():
-            return Workspace(folder, load_settings(folder))
+            return Layout(folder, load_settings(folder))
     raise WorkspaceError(
         f"no workspace found: neither {here} nor any folder above it holds experiments/. "
         "cd into a workspace, pass --workspace PATH, or create one with `expost new workspace PATH`."
