@@ -156,12 +156,13 @@ def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
     def no_parse(path):
         raise AssertionError(f"{path} was parsed again")
 
-    monkeypatch.setattr(pipeline, "load_static", no_parse)
+    real_load_static = spec_mod.load_static
+    monkeypatch.setattr(spec_mod, "load_static", no_parse)
     again = pipeline.load_specs(w, ["toy", "other"])
     assert [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in again] == \
            [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in first]
-    monkeypatch.setattr(pipeline, "load_static", spec_mod.load_static)
-
+    monkeypatch.setattr(spec_mod, "load_static", real_load_static)
+    
     # an edit is seen at once, even within the same second and with the same size
     path = ws / "experiments" / "toy.py"
     path.write_text(path.read_text().replace('"rate": 0.5,', '"rate": 0.7,'))

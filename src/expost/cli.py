@@ -167,6 +167,7 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
     """
     if explain:
         from expost import pipeline
+        from expost.freshness import explain
         from expost.runs.cache import Cache
 
         ws = workspace_of(ctx)
@@ -174,7 +175,7 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
         plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
         cache = Cache(ws.cache_dir)
         for spec in specs:
-            for r, reason in pipeline.explain(cache, spec, plans[spec.name]):
+            for r, reason in explain(cache, plans[spec.name]):
                 shown = "rerun (--force)" if force else reason
                 click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{shown}")
         return

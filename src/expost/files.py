@@ -27,10 +27,11 @@ def signature(path) -> tuple | None:
 
 def trusted(sig: tuple | None, recorded: tuple | None, written_ns: int) -> bool:
     """Does `sig` (now) vouch for the contents recorded at `written_ns` with signature `recorded`?
-    Not when it differs, nor when the file changed less than RACY_NS before the record."""
+    Not when it differs, nor when its mtime is less than RACY_NS before the record (git's racy rule:
+    a write in the same timestamp tick as the record would not show; ctime is compared, not aged)."""
     if sig != recorded:
         return False
-    return sig is None or max(sig[1], sig[2]) <= written_ns - RACY_NS
+    return sig is None or sig[1] <= written_ns - RACY_NS
 
 
 def sha256_file(path: Path) -> str:

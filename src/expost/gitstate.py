@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from expost.runs.spec import local_sources
-
 
 def git_state(root: Path, inputs: list[Path]) -> dict:
     """The last commit that touched the post's inputs, and whether they differ from it."""
@@ -21,15 +19,6 @@ def git_state(root: Path, inputs: list[Path]) -> dict:
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
-
-
-def post_inputs(ws, pp) -> list[Path]:
-    """The files a post is built from: its template, shared templates, and the experiment sources."""
-    inputs = [pp.post.path]
-    inputs += sorted(p for p in ws.templates_dir.glob("*.j2") if p.name.startswith("_") or p.name == "layout.md.j2")
-    for spec in pp.specs.values():
-        inputs += [p for p in local_sources(spec.path, spec.path.parent) if p not in inputs]
-    return inputs
 
 
 def head(root: Path) -> str | None:

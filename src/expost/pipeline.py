@@ -6,19 +6,15 @@ Each function calls one stage's library code and returns data; nothing here prin
 from __future__ import annotations
 
 import json
-import marshal
-import os
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from expost.runs.cache import Cache
-from expost.files import atomic_write, atomic_write_text
+from expost.files import atomic_write_text
+from expost.freshness import StaticSpecs
 from expost.errors import ConfigError, SpecError
 from expost.runs.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
-from expost.runs.spec import Spec, discover, from_static_record, load_full, load_static, static_inputs, static_record
+from expost.runs.spec import Spec, discover, load_full
 from expost.layout import Layout
 
 
@@ -50,62 +46,6 @@ def load_specs(ws: Layout, names=()) -> list[Spec]:
             raise SpecError(f"{s.path.name}: duplicate experiment name {s.name!r}. Rename one of the files.")
         seen[s.name] = s
     return specs
-
-
-class StaticSpecs:
-    """load_static, remembered in the cache by the stats of every file that decides it, so a no-op
-    build parses and hashes no source. As git does for its index, a file modified less than
-    RACY_NS before its entry was written is not trusted by its stats alone: it is read again."""
-
-    RACY_NS = 2_000_000_000
-    VERSION = 1
-
-    def __init__(self, ws: Layout):
-        self.path = ws.cache_dir / "specs.marshal"
-
-    def load(self, paths: list[Path]) -> list[Spec]:
-        entries = self._read()
-        changed = False
-        specs = []
-        for path in paths:
-            entry = entries.get(str(path))
-            if entry is not None and self._fresh(entry):
-                specs.append(from_static_record(path, entry[2]))
-                continue
-            spec = load_static(path)  # raises SpecError for a bad spec: nothing is remembered
-            inputs = static_inputs(path)
-            entries[str(path)] = (time.time_ns(), [(str(p), _sig(p)) for p in inputs], static_record(spec))
-            changed = True
-            specs.append(spec)
-        if changed:
-            try:
-                atomic_write(self.path, marshal.dumps((self.VERSION, sys.version, entries)))
-            except OSError:  # a read-only cache still works, only slower
-                pass
-        return specs
-
-    def _read(self) -> dict:
-        try:
-            version, python, entries = marshal.loads(self.path.read_bytes())
-        except (OSError, EOFError, ValueError, TypeError):
-            return {}
-        return entries if (version, python) == (self.VERSION, sys.version) and isinstance(entries, dict) else {}
-
-    def _fresh(self, entry) -> bool:
-        written, inputs, _ = entry
-        for name, sig in inputs:
-            now = _sig(Path(name))
-            if now != sig or (now is not None and now[0] > written - self.RACY_NS):
-                return False
-        return True
-
-
-def _sig(path: Path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def validate(spec: Spec, sel: Selection) -> Spec:
@@ -141,35 +81,6 @@ def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> 
         raise ConfigError(f"this plan has {total} runs ({sizes}; more than {MAX_RUNS_WITHOUT_CONFIRM}). "
                           "Narrow it with --where/--seeds, or pass --yes to run them all.")
     return plans
-
-
-def explain(cache: Cache, spec: Spec, runs: list[PlannedRun]) -> list[tuple[PlannedRun, str]]:
-    """Why each planned run is (not) cached."""
-    index = cache.read_index(spec.name)
-    known_points = {slot.split("|")[0] for slot in index}
-    out = []
-    for run in runs:
-        if cache.has(run.key):
-            out.append((run, "cached"))
-            continue
-        prev = index.get(run.slot)
-        if prev is None:
-            point = run.slot.split("|")[0]
-            if not index:
-                reason = "never run"
-            elif point in known_points:
-                reason = "new seed"
-            else:
-                reason = "new config"
-        else:
-            reasons = [label for field_, label in (("source", "source changed"), ("config", "config changed"),
-                                                   ("env", "environment changed"))
-                       if prev.get(field_) != getattr(run, f"{field_}_hash")]
-            if not reasons:
-                reasons = ["failed last time" if prev.get("status") == "failed" else "cache entry missing or corrupt"]
-            reason = ", ".join(reasons)
-        out.append((run, reason))
-    return out
 
 
 def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> list[PlannedRun]:

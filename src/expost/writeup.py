@@ -8,8 +8,6 @@ is always a complete bundle.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -17,20 +15,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from expost import __version__
 from expost.runs.cache import Cache
 from expost.files import atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
-from expost.gitstate import git_state, head, post_inputs
+from expost.freshness import PostStamp, post_inputs, post_key
+from expost.gitstate import git_state, head
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
-from expost.runs.plan import PlannedRun, digest
+from expost.runs.plan import PlannedRun
 from expost.posts.post import Post
 from expost.runs.spec import Spec
 from expost.layout import Layout
 
 # Rendering, claims, figures and export are imported inside the functions that use them: the
 # up-to-date check of a no-op build needs none of them (nor numpy, jinja2, torch or matplotlib).
-PACKAGE_LAYOUTS = Path(__file__).parent / "layouts"
 
 
 @dataclass
@@ -77,67 +74,17 @@ def command_for(post: Post, sel: Selection) -> str:
     return " ".join(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """Hash of expost's own code: a new caveat wording or figure style re-renders every post."""
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".py", ".j2", ".tmpl"):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
 def render_key(ws: Layout, pp: PostPlan, command: str) -> str:
-    """Hash of everything a render reads, expost's own code included."""
-    h = hashlib.sha256(code_hash().encode())
-    for folder in (ws.templates_dir, PACKAGE_LAYOUTS):
-        for p in sorted(folder.glob("*.j2")):
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update(digest({"post": pp.post.name, "version": __version__, "command": command,
-                     "published": published_records(ws).get(pp.post.name),
-                     "settings": {k: ws.settings.get(k) for k in ("image_base_url",)},
-                     "runs": {e: [r.key for r in rs] for e, rs in sorted(pp.plans.items())},
-                     "sources": {e: s.source_hash for e, s in sorted(pp.specs.items())}}).encode())
-    return h.hexdigest()
+    return post_key(ws, pp, command, published_records(ws).get(pp.post.name))
 
 
-def _stamp_path(ws: Layout, post: Post) -> Path:
-    return Cache(ws.cache_dir).root / "renders" / f"{post.name}.json"
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def tree_stats(folder: Path) -> dict[str, list]:
-    return {p.relative_to(folder).as_posix(): [st.st_size, st.st_mtime_ns]
-            for p in sorted(folder.rglob("*")) if p.is_file() and (st := p.stat())}
+def _git_state(ws: Layout, pp: PostPlan) -> dict:
+    return git_state(ws.root, post_inputs(ws, pp.post.path, pp.specs.values()))
 
 
 def up_to_date(ws: Layout, pp: PostPlan, key: str) -> bool:
-    """Same inputs as the last render, and publish/NAME still holds exactly what it wrote.
-
-    Fast paths, each falling back to the full check: files whose size and mtime match the stamp
-    are not hashed again; with HEAD unchanged (and the inputs' contents, which are in the key),
-    the inputs' git state is unchanged, so git is not asked."""
-    try:
-        stamp = json.loads(_stamp_path(ws, pp.post).read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    out = ws.publish_dir / pp.post.name
-    if stamp.get("key") != key or not out.is_dir():
-        return False
-    if tree_stats(out) != stamp.get("stats") and tree_hashes(out) != stamp.get("files"):
-        return False
-    current = head(ws.root)
-    if current is not None and current == stamp.get("head"):
-        return True
-    if stamp.get("git") != git_state(ws.root, post_inputs(ws, pp)):
-        return False
-    if current is not None:  # HEAD moved without touching the inputs: remember, so git is not asked again
-        atomic_write_text(_stamp_path(ws, pp.post), json.dumps({**stamp, "head": current}, indent=1))
-    return True
+    """Same inputs as the last render, and publish/NAME still holds exactly what it wrote."""
+    return PostStamp(ws, pp.post.name).fresh(key, lambda: _git_state(ws, pp))
 
 
 def missing(ws: Layout, pp: PostPlan) -> list[PlannedRun]:
@@ -240,10 +187,7 @@ def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: s
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    out = ws.publish_dir / pp.post.name
-    stamp = {"key": key, "files": tree_hashes(out), "stats": tree_stats(out), "head": head(ws.root),
-             "git": git_state(ws.root, post_inputs(ws, pp))}
-    atomic_write_text(_stamp_path(ws, pp.post), json.dumps(stamp, indent=1))
+    PostStamp(ws, pp.post.name).write(key, _git_state(ws, pp), head(ws.root))
     return "rendered", warnings
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from expost import __version__
 from expost.files import sha256_file
 from expost.errors import PublishError
-from expost.gitstate import git_state, post_inputs
+from expost.freshness import post_inputs
+from expost.gitstate import git_state
 from expost.runs.spec import local_sources
 
 MANIFEST_VERSION = 1
@@ -149,7 +150,7 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
         "versions": versions(),
         "platform": {"system": platform.system(), "machine": platform.machine(),
                      "python_implementation": sys.implementation.name, "device": device},
-        "git": git_state(ws.root, post_inputs(ws, pp)),
+        "git": git_state(ws.root, post_inputs(ws, pp.post.path, pp.specs.values())),
         "experiments": {
             name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],
                    "source_hash": spec.source_hash, "seeds": seeds[name],

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-import importlib.util
-import re
 
-from expost import RESULT_FORMAT
 from expost.errors import ConfigError
+from expost.freshness import canonical, digest, env_fingerprint, run_key
 from expost.runs.spec import Spec, type_fits
 
 # A sweep larger than this needs --yes: a typo in a sweep should not start a week of runs.
@@ -50,11 +44,6 @@ class PlannedRun:
         return f"{canonical(self.point_dict)}|{self.seed}"
 
 
-def run_key(experiment: str, source_hash: str, config_hash: str, seed: int, env_hash: str) -> str:
-    return digest({"experiment": experiment, "source": source_hash, "config": config_hash, "seed": seed,
-                   "env": env_hash})
-
-
 def with_seed(run: PlannedRun, seed: int) -> PlannedRun:
     """The same experiment and config with another seed (its own key)."""
     return PlannedRun(run.experiment, run.point, run.config, seed,
@@ -64,45 +53,6 @@ def with_seed(run: PlannedRun, seed: int) -> PlannedRun:
 
 def config_label(point: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()) or "default"
-
-
-def canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(canonical(obj).encode()).hexdigest()
-
-
-def _minor(dist: str) -> str:
-    """major.minor of an installed package, without importing it (torch takes seconds to import).
-    Reads the package's version.py where it has one (torch does): much faster than importlib.metadata."""
-    spec = importlib.util.find_spec(dist)
-    if spec is None or not spec.origin:
-        return "none"
-    version_file = Path(spec.origin).parent / "version.py"
-    m = None
-    if version_file.is_file():
-        m = re.search(r"""__version__\s*=\s*['"]([^'"]+)""", version_file.read_text())
-    if m is None:
-        from importlib import metadata
-
-        try:
-            return ".".join(metadata.version(dist).split("+")[0].split(".")[:2])
-        except metadata.PackageNotFoundError:
-            return "none"
-    return ".".join(m.group(1).split("+")[0].split(".")[:2])
-
-
-def env_fingerprint(device: str = "cpu") -> dict:
-    """Coarse environment: what could change numbers. Read without importing torch."""
-    return {
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "torch": _minor("torch"),
-        "device": device.split(":")[0],
-        "machine": os.uname().machine,  # what platform.machine() returns on POSIX, without importing it
-        "format": RESULT_FORMAT,
-    }
 
 
 def parse_assignments(pairs: tuple[str, ...], flag: str) -> dict[str, str]:

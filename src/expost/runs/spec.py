@@ -22,6 +22,7 @@ import functools
 import hashlib
 import importlib.util
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from expost.errors import SpecError
+from expost.files import signature
 
 KINDS = ("series", "scalar")
 CLAIM_KEYS = {"claim", "check", "where", "per", "min_frac", "metric"}
@@ -130,26 +132,33 @@ def _no_duplicate_keys(path: Path, node: ast.AST, name: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
+def _parse(path: Path, sig: tuple) -> ast.Module:
     """ast of a file, parsed once per process for a given version (a build reads each many times)."""
     return ast.parse(path.read_text(), filename=str(path))
 
 
 def parse(path: Path) -> ast.Module:
-    st = path.stat()
-    return _parse(path, st.st_mtime_ns, st.st_size)
+    return _parse(path, _version(path))
+
+
+def _version(path: Path) -> tuple:
+    """A file's stat signature, which changes with any edit (ctime too: an edit that restores size
+    and mtime still shows). Raises FileNotFoundError for a missing file, as reading it would."""
+    sig = signature(path)
+    if sig is None:
+        raise FileNotFoundError(path)
+    return sig
 
 
 def _imported(path: Path) -> tuple[str, ...]:
-    st = path.stat()
-    return _imported_cached(path, st.st_mtime_ns, st.st_size)
+    return _imported_cached(path, _version(path))
 
 
 @functools.lru_cache(maxsize=256)
-def _imported_cached(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _imported_cached(path: Path, sig: tuple) -> tuple[str, ...]:
     """Top-level names of every absolute import in a file, in order (walked once per version)."""
     names: list[str] = []
-    for node in ast.walk(_parse(path, mtime_ns, size)):
+    for node in ast.walk(_parse(path, sig)):
         if isinstance(node, ast.Import):
             names += [a.name.split(".")[0] for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -315,12 +324,30 @@ def _check_outputs(path: Path, outputs) -> dict[str, Output]:
     return out
 
 
+_FOLDERS: list[Path] = []  # experiment folders import_script has put on sys.path in this process
+
+
 def import_script(path: Path, module_name: str | None = None) -> ModuleType:
-    """Import an experiment script by path, with its folder importable (as `python script.py` does)."""
+    """Import an experiment script by path, with its folder importable (as `python script.py` does).
+
+    Modules imported from an experiment folder before (an earlier version of a helper in a
+    long-lived process, or another workspace's module of the same name) are imported anew, and
+    other workspaces' folders leave sys.path: a helper is never served stale or shadowed."""
     path = Path(path).resolve()
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    folder = path.parent
+    for old in _FOLDERS:
+        if old != folder and str(old) in sys.path:
+            sys.path.remove(str(old))
+    if folder not in _FOLDERS:
+        _FOLDERS.append(folder)
+    if str(folder) in sys.path:
+        sys.path.remove(str(folder))
+    sys.path.insert(0, str(folder))
+    prefixes = tuple(f"{f}{os.sep}" for f in _FOLDERS)  # modules load by these (resolved) sys.path entries
+    for mod_name, mod in list(sys.modules.items()):
+        origin = getattr(mod, "__file__", None)
+        if isinstance(origin, str) and origin.startswith(prefixes):
+            del sys.modules[mod_name]
     name = module_name or f"expost_experiment_{path.stem}"
     mod_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(mod_spec)
