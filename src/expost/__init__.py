@@ -4,3 +4,7 @@ __version__ = "0.1.0"
 
 # Bumped whenever the on-disk result format changes; part of every cache key.
 RESULT_FORMAT = 1
+
+from expost.workspace import BuildReport, PostResult, Progress, RunReport, Workspace  # noqa: E402  (the front door)
+
+__all__ = ["Workspace", "Progress", "RunReport", "BuildReport", "PostResult", "__version__"]

@@ -1,24 +1,20 @@
-"""The `expost` command: a thin layer over the library. Each command parses, calls, prints."""
+"""The `expost` command: click over `expost.Workspace`. Each command parses, calls one method, prints."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from expost import __version__
-from expost.errors import ExpostError, PublishError, RunFailures
-from expost.layout import find_workspace
+from expost.errors import ExpostError
+from expost.workspace import Progress, Workspace
 
 EPILOG = "Exit codes: 0 success; 1 a claim failed, a run failed or an input was invalid; 2 usage error."
-
-
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def selection_options(f):
@@ -83,70 +79,72 @@ def cli(ctx, workspace):
     ctx.obj = {"workspace": workspace}
 
 
-def workspace_of(ctx):
-    return find_workspace(explicit=ctx.obj.get("workspace"))
+class ProgressBar(Progress):
+    """A progress bar on stderr, only on a terminal and without --quiet; warnings as they come."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def started(self, total: int) -> None:
+        if not self.quiet and total and sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label="running", file=sys.stderr, show_pos=True,
+                                         show_eta=True)
+            self.bar.__enter__()
+
+    def finished(self, outcome) -> None:
+        if self.bar:
+            self.bar.update(1)
+
+    def corrupt(self, keys) -> None:
+        click.echo(f"warning: {len(keys)} corrupt cache entr{'y' if len(keys) == 1 else 'ies'} (checksum mismatch "
+                   "or truncated) set aside under the cache's corrupt/ folder; they run again", err=True)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
-def _progress(total: int, quiet: bool):
-    if quiet or total == 0 or not sys.stderr.isatty():
-        return None
-    bar = click.progressbar(length=total, label="running", file=sys.stderr, show_pos=True, show_eta=True)
-    bar.__enter__()
-    return bar
+def workspace_of(ctx, quiet: bool = True) -> tuple[Workspace, ProgressBar]:
+    bar = ProgressBar(quiet)
+    return Workspace(ctx.find_root().obj.get("workspace"), progress=bar), bar
 
 
-def _do_runs(ctx, names, sel, jobs, quiet, force, yes):
-    """Plan and run the named experiments."""
-    from expost import pipeline
-
-    ws = workspace_of(ctx)
-    specs = pipeline.load_specs(ws, names)
-    plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
-    _execute(ws, specs, plans, sel, jobs, quiet, force)
-
-
-def _execute(ws, specs, plans, sel, jobs, quiet, force):
-    """Run what is missing with a progress bar; summary and flags on stderr; RunFailures at the end."""
-    from expost import pipeline
-
-    bar = {"b": None}
-    t0 = time.perf_counter()
-
-    def start(n):
-        bar["b"] = _progress(n, quiet)
-
-    def done(_):
-        if bar["b"]:
-            bar["b"].update(1)
-
-    def corrupt(keys):
-        click.echo(f"warning: {len(keys)} corrupt cache entr{'y' if len(keys) == 1 else 'ies'} (checksum mismatch or "
-                   f"truncated) set aside under {ws.rel(ws.cache_dir / 'corrupt')}/; they run again", err=True)
-
+@contextlib.contextmanager
+def interruptible(bar: ProgressBar):
+    """Ctrl-C: one line and exit 130 (completed runs are cached as they finish)."""
     try:
-        outcomes = pipeline.run_all(ws, specs, plans, sel, jobs or default_jobs(), force, done, start, corrupt)
+        yield
     except KeyboardInterrupt:
-        if bar["b"]:
-            bar["b"].__exit__(None, None, None)
+        bar.close()
         click.echo("interrupted: completed runs are cached; run the same command again to finish.", err=True)
         sys.exit(130)
-    if bar["b"]:
-        bar["b"].__exit__(None, None, None)
-    wall = time.perf_counter() - t0
-    planned = {r.key for p in plans.values() for r in p}
-    done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
-    ran = sum(o.ok for o in done.values())
-    extra = sum(o.ok and not o.reused for o in outcomes if o.run.key not in planned)
-    more = f" (+{extra} more seeds of their batch blocks)" if extra else ""
-    click.echo(f"{len(planned)} planned run(s): {len(planned) - len(done)} cached, {ran} ran{more}, "
-               f"{len(done) - ran} failed ({wall:.1f} s)", err=True)
-    for o in outcomes:
-        if o.ok and o.nonfinite:
-            click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
-                       f"{', '.join(o.nonfinite)}", err=True)
-    failures = [o for o in outcomes if not o.ok]
-    if failures:
-        raise RunFailures(failures)
+    finally:
+        bar.close()
+
+
+def print_runs(report) -> None:
+    """The summary line and the runs flagged for NaN/inf, on stderr."""
+    more = f" (+{report.extra} more seeds of their batch blocks)" if report.extra else ""
+    click.echo(f"{report.planned} planned run(s): {report.cached} cached, {report.ran} ran{more}, "
+               f"{report.failed} failed ({report.wall_s:.1f} s)", err=True)
+    for o in report.flagged:
+        click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
+                   f"{', '.join(o.nonfinite)}", err=True)
+
+
+def run_and_print(bar: ProgressBar, call):
+    """Call a verb that runs experiments; print its run summary even when runs failed."""
+    from expost.errors import RunFailures
+
+    with interruptible(bar):
+        try:
+            return call()
+        except RunFailures as e:
+            if getattr(e, "report", None) is not None:
+                print_runs(e.report)
+            raise
 
 
 @cli.command(epilog=EPILOG)
@@ -165,21 +163,12 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
         expost run scurves --set lr=0.01 --where model=factored
         expost run --explain            # what would run, and why
     """
+    ws, bar = workspace_of(ctx, quiet)
     if explain:
-        from expost import pipeline
-        from expost.freshness import explain
-        from expost.runs.cache import Cache
-
-        ws = workspace_of(ctx)
-        specs = pipeline.load_specs(ws, experiments)
-        plans = pipeline.plan_runs(specs, sel, confirm_large=not yes)
-        cache = Cache(ws.cache_dir)
-        for spec in specs:
-            for r, reason in explain(cache, plans[spec.name]):
-                shown = "rerun (--force)" if force else reason
-                click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{shown}")
+        for r, reason in ws.explain(experiments, sel, yes=yes):
+            click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{'rerun (--force)' if force else reason}")
         return
-    _do_runs(ctx, experiments, sel, jobs, quiet, force, yes)
+    print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes)))
 
 
 def _verdict_table(verdicts) -> list[str]:
@@ -209,20 +198,13 @@ def check(ctx, experiments, sel):
     Example:
         expost run scurves && expost check scurves
     """
-    from expost import pipeline
-
-    ws = workspace_of(ctx)
-    specs = pipeline.load_specs(ws, experiments)
-    plans = pipeline.plan_runs(specs, sel, confirm_large=False)
-    verdicts = []
-    for spec in specs:
-        verdicts += pipeline.check(ws, spec, plans[spec.name], sel)
+    ws, _ = workspace_of(ctx)
+    verdicts = ws.check(experiments, sel)
     for line in _verdict_table(verdicts):
         click.echo(line.rstrip())
-    bad = [v for v in verdicts if v.verdict in ("fails", "error")]
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("holds", "fails", "inconclusive", "error")}
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims declared", err=True)
-    if bad:
+    if counts["fails"] or counts["error"]:
         sys.exit(1)
 
 
@@ -237,35 +219,16 @@ def list_(ctx, experiments, sel):
     Example:
         expost list
     """
-    from expost import pipeline
-    from expost.runs.cache import Cache
-
-    ws = workspace_of(ctx)
-    specs = pipeline.load_specs(ws, experiments)
-    plans = pipeline.plan_runs(specs, sel, confirm_large=False)
-    cache = Cache(ws.cache_dir)
-    for spec in specs:
-        runs = plans[spec.name]
-        cached = sum(cache.has(r.key) for r in runs)
-        n_cfg = len({r.point for r in runs})
-        seeds = len({r.seed for r in runs})
-        known = pipeline.known_verdicts(ws, spec)
-        if known is None:
+    ws, _ = workspace_of(ctx)
+    for e in ws.list(experiments, sel):
+        if e.verdicts is None:
             claims = "claims: run `expost check`"
         else:
-            counts = {}
-            for v in known:
+            counts: dict = {}
+            for v in e.verdicts:
                 counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
             claims = "claims: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none")
-        click.echo(f"{spec.name}\t{n_cfg} config(s) x {seeds} seed(s)\t{cached}/{len(runs)} cached\t{claims}")
-
-
-def _post_plans(ctx, posts, sel):
-    from expost import writeup
-    from expost.posts.post import find_posts
-
-    ws = workspace_of(ctx)
-    return ws, [writeup.plan_post(ws, p, sel) for p in find_posts(ws.templates_dir, posts)]
+        click.echo(f"{e.name}\t{e.configs} config(s) x {e.seeds} seed(s)\t{e.cached}/{e.planned} cached\t{claims}")
 
 
 @cli.command(epilog=EPILOG)
@@ -283,22 +246,21 @@ def render(ctx, posts, sel, force, allow_secrets):
     Example:
         expost render scurves
     """
-    from expost import writeup
-
-    ws, pps = _post_plans(ctx, posts, sel)
-    for pp in pps:
-        _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force, allow_secrets))
+    ws, _ = workspace_of(ctx)
+    for post in ws.render(posts, sel, force=force, allow_secrets=allow_secrets):
+        print_post(ws, post)
 
 
-def _report_post(ws, pp, status, warnings):
-    click.echo(f"{pp.post.name}: {status} -> {ws.rel(ws.publish_dir / pp.post.name)}/")
+def print_post(ws: Workspace, post) -> None:
+    click.echo(f"{post.name}: {post.status} -> {ws.layout.rel(post.out)}/")
+    warnings = list(post.warnings)
     relative = [w for w in warnings if "is still a relative link" in w]
     if len(relative) > 1:
         warnings = [w for w in warnings if w not in relative]
         warnings.append(f"{len(relative)} figure links in post.md are still relative: set image_base_url in "
                         "expost.toml or publish the gist first (`expost publish gist NAME`)")
     for w in warnings:
-        click.echo(f"warning: {pp.post.name}: {w}", err=True)
+        click.echo(f"warning: {post.name}: {w}", err=True)
 
 
 @cli.command(epilog=EPILOG)
@@ -323,31 +285,19 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
         expost build scurves -j 2
         expost build --check         # in CI: is publish/ up to date?
     """
-    from expost import writeup
-
-    ws, pps = _post_plans(ctx, posts, sel)
-    if check:
-        todo = pps
-    else:
-        todo = [pp for pp in pps if force or not writeup.up_to_date(
-            ws, pp, writeup.render_key(ws, pp, writeup.command_for(pp.post, sel)))]
-        for pp in pps:
-            if pp not in todo:
-                click.echo(f"{pp.post.name}: up to date")
-    if not todo:
-        return
-    _execute(ws, *writeup.union_of_runs(todo), sel, jobs, quiet, force)
-    stale = []
-    for pp in todo:
-        if check:
-            diffs = writeup.check_post(ws, pp, sel)
-            click.echo(f"{pp.post.name}: {'up to date' if not diffs else 'OUT OF DATE'}")
-            for d in diffs:
+    ws, bar = workspace_of(ctx, quiet)
+    report = run_and_print(bar, lambda: ws.build(posts, sel, jobs=jobs, force=force, yes=yes, check=check,
+                                                 allow_secrets=allow_secrets))
+    if report.runs is not None:
+        print_runs(report.runs)
+    for post in report.posts:
+        if check or post.status == "up to date":
+            click.echo(f"{post.name}: {post.status}")
+            for d in post.diffs:
                 click.echo(f"  {d}")
-            stale += diffs
         else:
-            _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=force, allow_secrets=allow_secrets))
-    if stale:
+            print_post(ws, post)
+    if report.out_of_date:
         raise click.ClickException("publish/ does not match what the code produces; run `expost build` and commit publish/")
 
 
@@ -366,12 +316,12 @@ def verify(ctx, post, k, jobs):
     Example:
         expost verify scurves --seeds 3
     """
-    from expost.runs import verify as verify_mod
+    from expost.errors import RunFailures
     from expost.fmt import num
-    from expost.pipeline import Selection
+    from expost.runs import verify as verify_mod
 
-    ws, pps = _post_plans(ctx, (post,), Selection())
-    report = verify_mod.verify(ws, pps[0], Selection(), k, jobs or default_jobs())
+    ws, _ = workspace_of(ctx)
+    report = ws.verify(post, seeds=k, jobs=jobs)
     for q in report.quantities:
         extra = "" if q.status == verify_mod.IDENTICAL else f" (largest relative difference {num(q.max_rel)} at {q.where})"
         click.echo(f"{q.experiment}\t{q.name}\t{q.runs} runs\t{q.status}{extra}")
@@ -420,38 +370,13 @@ def publish_gist(ctx, post, dry_run, remote, public, allow_secrets):
         expost publish gist scurves
         expost publish gist scurves --remote git@github.com:me/scurves-post.git
     """
-    import json as json_mod
-
-    from expost import writeup
-    from expost.publish import gist
-    from expost.pipeline import Selection
-    from expost.publish.safety import refuse_secrets
-
-    sel = Selection()
-    ws, pps = _post_plans(ctx, (post,), sel)
-    pp = pps[0]
-    _report_post(ws, pp, *writeup.build_post(ws, pp, sel, allow_secrets=allow_secrets))
-    bundle = ws.publish_dir / pp.post.name / "gist"
-    token = None if (dry_run or remote) else gist.get_token()
-    if not allow_secrets:
-        refuse_secrets(bundle, f"publishing {pp.post.name}", extra=[token] if token else [])
-    previous = writeup.published_records(ws).get(pp.post.name)
-    try:
-        record = gist.publish(bundle, record=previous, description=pp.post.title, token=token,
-                              api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
-                              raw_url_template=ws.settings.get("raw_url_template") if remote else None,
-                              dry_run=dry_run, public=public)
-    except PublishError as e:
-        if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
-            writeup.save_published(ws, pp.post.name, e.record)
-        raise
-    if dry_run:
-        click.echo(json_mod.dumps(record.get("dry_run", record), indent=1, sort_keys=True))
+    ws, _ = workspace_of(ctx)
+    done = ws.publish_gist(post, dry_run=dry_run, remote=remote, public=public, allow_secrets=allow_secrets)
+    print_post(ws, done.post)
+    if done.dry_run:
+        click.echo(json.dumps(done.record, indent=1, sort_keys=True))
         return
-    writeup.save_published(ws, pp.post.name, record)
-    _report_post(ws, pp, *writeup.build_post(ws, pp, sel, force=True, allow_secrets=allow_secrets))
-    click.echo(f"published {pp.post.name}: {record.get('html_url') or record.get('git_url') or remote} "
-               f"at commit {record.get('commit', '')[:12]}")
+    click.echo(f"published {post}: {done.url} at commit {done.record.get('commit', '')[:12]}")
 
 
 @cli.group(epilog=EPILOG)
@@ -491,7 +416,7 @@ def new_experiment(ctx, name):
     """
     from expost import scaffold
 
-    ws = find_workspace(explicit=ctx.find_root().obj.get("workspace"))
+    ws, _ = workspace_of(ctx)
     click.echo(scaffold.new_experiment(ws.root, name))
 
 
@@ -508,8 +433,8 @@ def new_post(ctx, name, experiment):
     """
     from expost import scaffold
 
-    ws = find_workspace(explicit=ctx.find_root().obj.get("workspace"))
-    click.echo(scaffold.new_post(ws, name, experiment))
+    ws, _ = workspace_of(ctx)
+    click.echo(scaffold.new_post(ws.layout, name, experiment))
 
 
 def main():

@@ -41,7 +41,7 @@ class PostPlan:
         return [r for rs in self.plans.values() for r in rs]
 
 
-def plan_post(ws: Layout, post: Post, sel: Selection) -> PostPlan:
+def plan_post(ws: Layout, post: Post, sel: Selection, confirm_large: bool = True) -> PostPlan:
     names = {p.stem for p in ws.experiments_dir.glob("*.py")}
     for exp in post.experiments:
         if exp not in names:
@@ -50,7 +50,7 @@ def plan_post(ws: Layout, post: Post, sel: Selection) -> PostPlan:
     specs = {s.name: s for s in load_specs(ws, tuple(post.experiments))}
     if post.seeds and sel.seeds is None:
         sel = Selection(seeds=post.seeds, set=sel.set, where=sel.where, device=sel.device)
-    return PostPlan(post, specs, plan_runs(list(specs.values()), sel))
+    return PostPlan(post, specs, plan_runs(list(specs.values()), sel, confirm_large))
 
 
 def union_of_runs(pps: list[PostPlan]) -> tuple[list[Spec], dict[str, list[PlannedRun]]]:
@@ -116,9 +116,11 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
     rendered = render(inputs, ws.templates_dir, out)
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
-    from expost.posts.html import markdown_to_html
+    from expost.posts.html import post_to_html
 
-    html = markdown_to_html(rendered.body, title=pp.post.title, base_dir=out, summary=pp.post.summary)
+    # The forum's repairs first, then the one parse (posts.markdown), as export does for the forum
+    # post.md: the page shows what LessWrong will; its figure links stay relative, to be inlined.
+    html = post_to_html(rendered.markdown, title=pp.post.title, base_dir=out)
     (out / "post.html").write_text(html, encoding="utf-8")
     exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post, out), sel.device)
     return exported.warnings

@@ -1,0 +1,322 @@
+"""The front door: `expost.Workspace(path)`, one method per verb, returning result objects.
+
+    import expost
+
+    ws = expost.Workspace("path/to/workspace")
+    report = ws.build("scurves", seeds=10, jobs=2)     # run what is missing, check, render, export
+    for post in report.posts:
+        print(post.name, post.status, post.out)
+    print([(v.claim, v.verdict, v.k_of_n) for v in ws.check("scurves")])
+
+Progress is reported to an observer (`Progress`: started, finished, corrupt), never printed.
+Errors a user can cause raise `expost.errors.ExpostError` subclasses whose message names the
+file, field or flag and the fix; `RunFailures` comes after every other run is cached.
+The CLI is click over this class and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expost.errors import ConfigError, RunFailures
+from expost.layout import Layout, find_workspace
+
+
+class Progress:
+    """Observer of a run's progress. Subclass and override what you need; the default is silent."""
+
+    def started(self, total: int) -> None:
+        """`total` runs are about to execute."""
+
+    def finished(self, outcome) -> None:
+        """One run ended (outcome.ok tells whether it succeeded)."""
+
+    def corrupt(self, keys: list[str]) -> None:
+        """Corrupt cache entries were set aside; they run again."""
+
+
+@dataclass
+class RunReport:
+    """What a run of the missing runs did: counts, failures and runs flagged for NaN/inf."""
+
+    planned: int = 0
+    cached: int = 0
+    ran: int = 0
+    failed: int = 0
+    extra: int = 0  # seeds of a batch block run beside the planned ones
+    wall_s: float = 0.0
+    outcomes: list = field(default_factory=list)
+    corrupt: list = field(default_factory=list)
+
+    @property
+    def failures(self) -> list:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def flagged(self) -> list:
+        return [o for o in self.outcomes if o.ok and o.nonfinite]
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            error = RunFailures(self.failures)
+            error.report = self
+            raise error
+
+
+@dataclass
+class PostResult:
+    name: str
+    status: str  # "up to date" | "rendered" | "OUT OF DATE" (build --check)
+    out: Path
+    warnings: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)  # build --check: the files that differ
+
+
+@dataclass
+class BuildReport:
+    posts: list[PostResult] = field(default_factory=list)
+    runs: RunReport | None = None
+
+    @property
+    def out_of_date(self) -> list[PostResult]:
+        return [p for p in self.posts if p.diffs]
+
+
+@dataclass
+class ExperimentSummary:
+    name: str
+    configs: int
+    seeds: int
+    cached: int
+    planned: int
+    verdicts: list[dict] | None  # from the last `check` of this exact source; None if never checked
+
+
+@dataclass
+class Published:
+    post: PostResult
+    record: dict
+    dry_run: bool
+    url: str | None = None
+
+
+def _text(value) -> str:
+    """A Python value as the command line would spell it (the plan stage parses text)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    return str(value)
+
+
+class Workspace:
+    """A workspace (a folder with experiments/ and templates/) and every verb over it."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, progress: Progress | None = None):
+        self.layout: Layout = find_workspace(explicit=Path(path)) if path is not None else find_workspace()
+        self.progress = progress or Progress()
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # --- what to run ------------------------------------------------------------------------------
+
+    @staticmethod
+    def selection(seeds: int | None = None, set: dict | None = None, where: dict | None = None,
+                  device: str = "cpu"):
+        """Which runs a verb is about: --seeds, --set KEY=VALUE, --where KEY=VALUE, --device."""
+        from expost.pipeline import Selection
+
+        if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+            raise ConfigError(f"seeds={seeds!r}: give a positive integer")
+        return Selection(seeds=seeds, set={k: _text(v) for k, v in (set or {}).items()},
+                         where={k: _text(v) for k, v in (where or {}).items()}, device=device)
+
+    def plan(self, experiments=(), sel=None, *, confirm_large: bool = True) -> tuple[list, dict]:
+        """(static specs, {experiment: planned runs}) for the named experiments (all by default)."""
+        from expost import pipeline
+
+        sel = sel or self.selection()
+        specs = pipeline.load_specs(self.layout, _names(experiments))
+        return specs, pipeline.plan_runs(specs, sel, confirm_large=confirm_large)
+
+    def explain(self, experiments=(), sel=None, *, yes: bool = False) -> list[tuple]:
+        """(planned run, why it is or is not cached) for every planned run; runs nothing."""
+        from expost.freshness import explain
+        from expost.runs.cache import Cache
+
+        specs, plans = self.plan(experiments, sel, confirm_large=not yes)
+        cache = Cache(self.layout.cache_dir)
+        return [pair for spec in specs for pair in explain(cache, plans[spec.name])]
+
+    # --- run, check, list -------------------------------------------------------------------------
+
+    def run(self, experiments=(), sel=None, *, jobs: int | None = None, force: bool = False,
+            yes: bool = False) -> RunReport:
+        """Run every planned run not in the cache. Raises RunFailures (after caching every other
+        run) when a run failed; KeyboardInterrupt leaves every completed run cached."""
+        sel = sel or self.selection()
+        specs, plans = self.plan(experiments, sel, confirm_large=not yes)
+        report = self._execute(specs, plans, sel, jobs, force)
+        report.raise_for_failures()
+        return report
+
+    def _execute(self, specs, plans, sel, jobs, force) -> RunReport:
+        from expost import pipeline
+
+        report = RunReport()
+        progress = self.progress
+
+        def corrupt(keys):
+            report.corrupt = list(keys)
+            progress.corrupt(list(keys))
+
+        t0 = time.perf_counter()
+        outcomes = pipeline.run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
+                                    progress.finished, progress.started, corrupt)
+        report.wall_s = time.perf_counter() - t0
+        planned = {r.key for p in plans.values() for r in p}
+        done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
+        report.outcomes = outcomes
+        report.planned = len(planned)
+        report.ran = sum(o.ok for o in done.values())
+        report.failed = len(done) - report.ran
+        report.cached = len(planned) - len(done)
+        report.extra = sum(o.ok and not o.reused for o in outcomes if o.run.key not in planned)
+        return report
+
+    def check(self, experiments=(), sel=None) -> list:
+        """Every claim's verdict on the cached seeds (runs nothing; missing runs make a claim
+        inconclusive). The verdicts are remembered for `list`."""
+        from expost import pipeline
+
+        sel = sel or self.selection()
+        specs, plans = self.plan(experiments, sel, confirm_large=False)
+        return [v for spec in specs for v in pipeline.check(self.layout, spec, plans[spec.name], sel)]
+
+    def list(self, experiments=(), sel=None) -> list[ExperimentSummary]:
+        """Each experiment's sweep size, seeds, runs cached of planned, and its last verdicts."""
+        from expost import pipeline
+        from expost.runs.cache import Cache
+
+        specs, plans = self.plan(experiments, sel, confirm_large=False)
+        cache = Cache(self.layout.cache_dir)
+        out = []
+        for spec in specs:
+            runs = plans[spec.name]
+            out.append(ExperimentSummary(spec.name, len({r.point for r in runs}), len({r.seed for r in runs}),
+                                         sum(cache.has(r.key) for r in runs), len(runs),
+                                         pipeline.known_verdicts(self.layout, spec)))
+        return out
+
+    # --- posts ------------------------------------------------------------------------------------
+
+    def posts(self, names=(), sel=None, *, confirm_large: bool = True) -> list:
+        """The named posts (all of templates/ by default), each planned: its specs and runs."""
+        from expost import writeup
+        from expost.posts.post import find_posts
+
+        sel = sel or self.selection()
+        return [writeup.plan_post(self.layout, p, sel, confirm_large)
+                for p in find_posts(self.layout.templates_dir, _names(names))]
+
+    def build(self, posts=(), sel=None, *, jobs: int | None = None, force: bool = False, yes: bool = False,
+              check: bool = False, allow_secrets: bool = False) -> BuildReport:
+        """Run what the posts need, check claims, render and export into publish/NAME/.
+
+        Posts whose inputs did not change are left alone (no experiment imported, no figure
+        drawn). With check=True nothing in publish/ is written: each post is rendered into a
+        scratch folder and compared (PostResult.diffs)."""
+        from expost import writeup
+
+        sel = sel or self.selection()
+        pps = self.posts(posts, sel, confirm_large=not yes)
+        report = BuildReport()
+        todo = []
+        for pp in pps:
+            if check or force or not writeup.up_to_date(self.layout, pp, writeup.render_key(
+                    self.layout, pp, writeup.command_for(pp.post, sel))):
+                todo.append(pp)
+            else:
+                report.posts.append(PostResult(pp.post.name, "up to date", self.layout.post_dir(pp.post.name)))
+        if not todo:
+            return report
+        specs, plans = writeup.union_of_runs(todo)
+        report.runs = self._execute(specs, plans, sel, jobs, force)
+        report.runs.raise_for_failures()
+        for pp in todo:
+            out = self.layout.post_dir(pp.post.name)
+            if check:
+                diffs = writeup.check_post(self.layout, pp, sel)
+                report.posts.append(PostResult(pp.post.name, "OUT OF DATE" if diffs else "up to date", out,
+                                               diffs=diffs))
+            else:
+                status, warnings = writeup.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
+                report.posts.append(PostResult(pp.post.name, status, out, warnings))
+        return report
+
+    def render(self, posts=(), sel=None, *, force: bool = False, allow_secrets: bool = False) -> list[PostResult]:
+        """Render posts from the cache only (never runs); MissingRunsError lists what a post lacks."""
+        from expost import writeup
+
+        out = []
+        for pp in self.posts(posts, sel):
+            status, warnings = writeup.build_post(self.layout, pp, sel or self.selection(), force, allow_secrets)
+            out.append(PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings))
+        return out
+
+    def verify(self, post: str, *, seeds: int | None = None, jobs: int | None = None):
+        """Rerun a post's first `seeds` seeds (all by default) without the cache and compare with
+        the recorded results: runs.verify.Report (identical / within tolerance / drifted)."""
+        from expost.runs import verify as verify_mod
+
+        sel = self.selection()
+        pp = self.posts((post,), sel)[0]
+        return verify_mod.verify(self.layout, pp, sel, seeds, jobs or default_jobs())
+
+    def publish_gist(self, post: str, *, dry_run: bool = False, remote: str | None = None, public: bool = False,
+                     allow_secrets: bool = False) -> Published:
+        """Publish publish/POST/gist/ as a GitHub gist (or push it to `remote`), remember where in
+        publish/published.json, and re-render post.md with figure links pinned to that commit."""
+        from expost import writeup
+        from expost.errors import PublishError
+        from expost.publish import gist
+        from expost.publish.safety import refuse_secrets
+
+        sel = self.selection()
+        pp = self.posts((post,), sel)[0]
+        status, warnings = writeup.build_post(self.layout, pp, sel, allow_secrets=allow_secrets)
+        built = PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings)
+        bundle = built.out / "gist"
+        token = None if (dry_run or remote) else gist.get_token()
+        if not allow_secrets:
+            refuse_secrets(bundle, f"publishing {pp.post.name}", extra=[token] if token else [])
+        previous = writeup.published_records(self.layout).get(pp.post.name)
+        try:
+            record = gist.publish(bundle, record=previous, description=pp.post.title, token=token,
+                                  api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
+                                  raw_url_template=self.layout.settings.get("raw_url_template") if remote else None,
+                                  dry_run=dry_run, public=public)
+        except PublishError as e:
+            if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
+                writeup.save_published(self.layout, pp.post.name, e.record)
+            raise
+        if dry_run:
+            return Published(built, record.get("dry_run", record), True)
+        writeup.save_published(self.layout, pp.post.name, record)
+        status, warnings = writeup.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
+        rebuilt = PostResult(pp.post.name, status, built.out, warnings)
+        return Published(rebuilt, record, False, record.get("html_url") or record.get("git_url") or remote)
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _names(names) -> tuple:
+    return (names,) if isinstance(names, str) else tuple(names)
