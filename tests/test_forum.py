@@ -10,7 +10,8 @@ from mdit_py_plugins.dollarmath import dollarmath_plugin
 from mdit_py_plugins.footnote import footnote_plugin
 
 from expost.errors import PublishError
-from expost.publish.forum import find_maths, to_forum_markdown
+from expost.posts.markdown import find_maths
+from expost.publish.forum import to_forum_markdown
 
 BASE = "https://gist.githubusercontent.com/u/abc/raw/0123abcd/"
 

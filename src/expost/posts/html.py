@@ -1,9 +1,11 @@
 """The offline preview: a post's markdown as one self-contained HTML file.
 
-The markdown is the text pasted into LessWrong, so `$...$` and `$$...$$` follow the rules of its
-markdown-it maths plugin (ForumMagnum `markdownMathjax.ts`, `texMath`), checked against a port of
-it in the tests. One deliberate difference: a `$$` block on its own lines is kept away from other
-block rules here, where LessWrong would let a line inside it such as `- x` start a list.
+The page is rendered from the token stream of the one markdown parse (expost.posts.markdown), taken
+after the forum's repairs, so it shows what LessWrong will show of the post.md made from the same
+text: which text is maths, a footnote, a list item, a table cell or raw HTML (never: LessWrong shows
+`<b>` as text, and so does the page) is decided there, once, by the forum's rules. Only the look is
+the preview's own: a `$$` block on its own lines gets a block of its own, an image paragraph (with
+an italic caption paragraph) becomes a <figure>, headings get ids, footnotes sit under a rule.
 Everything the page needs is inside it: images as data URIs, maths as MathML (typeset by the
 browser, no JavaScript), code highlighted by pygments with its CSS embedded. Same input, same bytes.
 """
@@ -13,21 +15,24 @@ from __future__ import annotations
 import base64
 import html
 import re
+import unicodedata
 import xml.etree.ElementTree as etree
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import markdown
 from latex2mathml.converter import convert_to_element
-from markdown.blockprocessors import BlockProcessor
-from markdown.extensions import Extension
-from markdown.inlinepatterns import InlineProcessor
-from markdown.treeprocessors import Treeprocessor
-from markdown.util import STX, ETX, AtomicString
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml, unescapeAll
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from pygments import highlight
 from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, get_lexer_by_name
+from pygments.util import ClassNotFound
 
 from expost.errors import ExpostError
+from expost.posts.markdown import normalise, parse
 
 PYGMENTS_STYLE = "default"
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -35,7 +40,7 @@ MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jp
 
 
 class HtmlError(ExpostError):
-    """The preview cannot be built: a missing or unsafe image, or raw HTML that would load something."""
+    """The preview cannot be built: a missing or unsafe image, or HTML that would load something."""
 
 
 # --- maths -------------------------------------------------------------------------------------
@@ -58,78 +63,11 @@ def latex_to_mathml(latex: str, display: bool) -> str:
     return re.sub(r"&amp;(#x[0-9A-Fa-f]+;)", r"&\1", out)
 
 
-_ESCAPED = re.compile(f"{STX}(\\d+){ETX}")
-
-
-class InlineMath(InlineProcessor):
-    """`$x$` and `$$x$$` in running text, with the rules of LessWrong's markdown-it maths plugin.
-
-    `$`: the next character is not a space, tab or newline; it closes at the next `$`, which must
-    not follow a space, tab, newline or backslash nor precede a digit (`$5 and $6` is prose).
-    `$$` (not `$$$`): closes at the next `$$`, which must not follow a backslash. When a rule fails
-    at a `$` the search goes on from the next character, as markdown-it's does.
-    """
-
-    PATTERN = (r"(?s)\$\$(?!\$)((?:(?!\$\$).)*)(?<!\\)\$\$"
-               r"|\$(?![ \t\n$])([^$]*)(?<![ \t\n\\])\$(?![0-9])")
-
-    def handleMatch(self, m, data):
-        display = m.group(1) is not None
-        # Runs after `escape`: `\$` is no delimiter; put back what it stashed (`\{` stays `\{`).
-        latex = _ESCAPED.sub(lambda e: "\\" + chr(int(e.group(1))), self.unescape(m.group(2 - display)))
-        return self.md.htmlStash.store(latex_to_mathml(latex.strip(), display)), m.start(0), m.end(0)
-
-
-_MASK = re.compile(r"\\.|(`+).+?(?<!`)\1(?!`)", re.S)  # escapes and code spans hold no delimiter
-_CONTAINER = re.compile(r" {0,3}(?:[*+-][ \t]|\d+[.)][ \t]|\[\^[^\]]+\]:)")  # list item, footnote
-
-
-def find_display(block: str) -> tuple[int, int, str] | None:
-    """(first line, last line, latex) of the first `$$...$$` standing on its own lines, or None.
-
-    Found with InlineMath's own rules over the whole paragraph, so `a $$b` + newline + `$$ c`
-    pairs the same way as it does inline; the block processor only keeps other block rules away.
-    """
-    if _CONTAINER.match(block):
-        block = block.split("\n", 1)[0]  # the item's own text is parsed again, and found then
-    masked = _MASK.sub(lambda m: "_" * len(m.group(0)), block)
-    for m in re.finditer(InlineMath.PATTERN, masked):
-        start, end = m.span()
-        if m.group(1) is not None and re.fullmatch(r" {0,3}", block[block.rfind("\n", 0, start) + 1:start]) \
-                and block[end:].split("\n", 1)[0].strip() == "":
-            return block.count("\n", 0, start), block.count("\n", 0, end), block[m.start(1):m.end(1)].strip()
-    return None
-
-
-class DisplayMath(BlockProcessor):
-    """`$$ ... $$` on its own lines (a blank line ends the block, so it cannot be inside)."""
-
-    def test(self, parent, block):
-        return find_display(block) is not None
-
-    def run(self, parent, blocks):
-        block = blocks.pop(0)
-        first, last, latex = find_display(block)
-        lines = block.split("\n")
-        if first:
-            self.parser.parseBlocks(parent, ["\n".join(lines[:first])])
-        div = etree.SubElement(parent, "div", {"class": "math display"})
-        div.text = AtomicString(self.parser.md.htmlStash.store(latex_to_mathml(latex, display=True)))
-        if last + 1 < len(lines):
-            blocks.insert(0, "\n".join(lines[last + 1:]))
-
-
-class DollarMathExtension(Extension):
-    """Python-Markdown extension: LessWrong-style `$...$` and `$$...$$` maths as MathML."""
-
-    def extendMarkdown(self, md):
-        md.ESCAPED_CHARS = [*md.ESCAPED_CHARS, "$"]
-        # After code spans, escapes, links and autolinks (a `$` in a URL is no maths), as on
-        # LessWrong; before hard breaks, raw HTML (its loose pattern takes `<y$ and $z>` for a tag)
-        # and emphasis (`$a_1*b_2$` is not emphasis; LessWrong's maths rule skips the markers).
-        md.inlinePatterns.register(InlineMath(InlineMath.PATTERN, md), "dollar_math", 105)
-        # Below indented code (80): a `$$` indented four spaces is code. Fences are already stashed.
-        md.parser.blockprocessors.register(DisplayMath(md.parser), "dollar_math_block", 78)
+def _maths(token: Token) -> str:
+    """The MathML of a maths token (math_inline, math_display, math_bracket), converted once."""
+    if "html" not in token.meta:
+        token.meta["html"] = latex_to_mathml(token.meta["latex"], token.meta["display"])
+    return token.meta["html"]
 
 
 # --- images and captions ------------------------------------------------------------------------
@@ -154,51 +92,8 @@ def image_data_uri(src: str, base_dir: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def _blank(s: str | None) -> bool:
-    return not (s and s.strip())
-
-
-class Figures(Treeprocessor):
-    """Inline every image; an image paragraph (plus an italic caption paragraph) becomes a <figure>."""
-
-    def __init__(self, md, base_dir: Path):
-        super().__init__(md)
-        self.base_dir = base_dir
-
-    def run(self, root):
-        for img in root.iter("img"):
-            src = img.get("src", "")
-            if not re.match(r"(?i)(https?|data):", src):
-                img.set("src", image_data_uri(src, self.base_dir))
-        for parent in list(root.iter()):
-            kids = list(parent)
-            for i, p in enumerate(kids):
-                if not _image_paragraph(p):
-                    continue
-                caption = None
-                if len(p) == 2:  # `![..](..)` and `*caption*` on the next line: one paragraph
-                    caption = p[1]
-                    p.remove(caption)
-                elif i + 1 < len(kids) and _caption_paragraph(kids[i + 1]):
-                    caption = kids[i + 1][0]
-                    parent.remove(kids[i + 1])
-                p.tag, p[0].tail = "figure", None
-                if caption is not None:
-                    caption.tail = None
-                    etree.SubElement(p, "figcaption").append(caption)
-
-
-def _image_paragraph(p) -> bool:
-    return (p.tag == "p" and _blank(p.text) and [k.tag for k in p] in (["img"], ["img", "em"])
-            and all(_blank(k.tail) for k in p))
-
-
-def _caption_paragraph(p) -> bool:
-    return p.tag == "p" and _blank(p.text) and len(p) == 1 and p[0].tag == "em" and _blank(p[0].tail)
-
-
 class _Audit(HTMLParser):
-    """Raw HTML passes through markdown untouched; refuse what would load something or run."""
+    """Refuse what would load something or run: the parse has HTML off, so this guards the renderer."""
 
     def handle_starttag(self, tag, attrs):
         if tag in ("script", "link", "iframe", "object", "embed", "base", "frame"):
@@ -243,40 +138,248 @@ sup { line-height: 0; }
 """
 
 
-def _converter(base_dir: Path) -> markdown.Markdown:
-    md = markdown.Markdown(
-        extensions=["tables", "fenced_code", "codehilite", "footnotes", "sane_lists", "toc",
-                    DollarMathExtension()],
-        extension_configs={
-            "codehilite": {"css_class": "codehilite", "guess_lang": False, "pygments_style": PYGMENTS_STYLE},
-            "toc": {"marker": ""},  # heading ids only: LessWrong has no [TOC] marker
-        },
-        output_format="html",
-    )
-    # After `unescape` (0), so image src values are final.
-    md.treeprocessors.register(Figures(md, base_dir), "expost_figures", -1)
-    return md
+# --- the token stream, as the page lays it out ----------------------------------------------------
+
+_BREAKS = ("softbreak", "hardbreak")
 
 
-def _inline(text: str, base_dir: Path) -> str:
-    """A title or summary line as inline HTML: its maths rendered like the body's."""
-    out = _converter(base_dir).convert(text).strip()
-    return out[3:-4] if out.startswith("<p>") and out.endswith("</p>") else html.escape(text)
+def _whole(children: list[Token], open_type: str) -> bool:
+    """Whether `children` is one `open_type` element (its open token first, its close token last)."""
+    if not children or children[0].type != open_type:
+        return False
+    depth = 0
+    for k, c in enumerate(children):
+        depth += c.nesting
+        if depth == 0:
+            return k == len(children) - 1
+    return False
+
+
+def _figure_parts(children: list[Token]) -> tuple[Token, list[Token] | None] | None:
+    """(image, caption children or None) when a paragraph is an image, maybe with `*caption*` after it."""
+    if not children or children[0].type != "image":
+        return None
+    rest = children[1:]
+    while rest and (rest[0].type in _BREAKS or rest[0].type == "text" and not rest[0].content.strip()):
+        rest = rest[1:]
+    if not rest:
+        return children[0], None
+    return (children[0], rest) if _whole(rest, "em_open") else None
+
+
+def _own_line_display(children: list[Token], n: int) -> bool:
+    c = children[n]
+    return (c.type in ("math_display", "math_bracket") and c.meta["display"]
+            and (n == 0 or children[n - 1].type in _BREAKS)
+            and (n == len(children) - 1 or children[n + 1].type in _BREAKS))
+
+
+def _inline(children: list[Token]) -> Token:
+    token = Token("inline", "", 0)
+    token.children = children
+    return token
+
+
+def _layout(tokens: list[Token]) -> list[Token]:
+    """Paragraphs laid out for the page: figures, and display maths standing on its own lines."""
+    out: list[Token] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.type != "paragraph_open":
+            out.append(tok)
+            i += 1
+            continue
+        k = i + 2
+        while tokens[k].type != "paragraph_close":  # footnote anchors sit before the close
+            k += 1
+        children, anchors, close = tokens[i + 1].children or [], tokens[i + 2:k], tokens[k]
+        i = k + 1
+        figure = None if tok.hidden or anchors else _figure_parts(children)
+        if figure is not None:
+            image, caption = figure
+            if caption is None and tokens[i:i + 1] and tokens[i].type == "paragraph_open" \
+                    and not tokens[i].hidden and tokens[i + 2].type == "paragraph_close" \
+                    and _whole(tokens[i + 1].children or [], "em_open"):
+                caption, i = tokens[i + 1].children, i + 3
+            token = Token("figure", "figure", 0)
+            token.meta = {"image": image, "caption": caption}
+            out.append(token)
+            continue
+        parts, run = [], []
+        for n, c in enumerate(children):
+            if _own_line_display(children, n):
+                parts += [run, c]
+                run = []
+            else:
+                run.append(c)
+        parts.append(run)
+        for n, part in enumerate(parts):
+            if isinstance(part, Token):
+                block = Token("math_block", "div", 0)
+                block.meta = part.meta
+                out.append(block)
+                continue
+            while part and part[0].type in _BREAKS:
+                part = part[1:]
+            while part and part[-1].type in _BREAKS:
+                part = part[:-1]
+            last = n == len(parts) - 1
+            if part or (last and anchors):
+                out += [tok, _inline(part), *(anchors if last else []), close]
+    return out
+
+
+class _Renderer(RendererHTML):
+    """markdown-it-py's HTML renderer with the page's rules; env: base_dir and the heading ids used."""
+
+    def text(self, tokens, idx, options, env):
+        return html.escape(tokens[idx].content, quote=False)  # quotes stay quotes in running text
+
+    def math_inline(self, tokens, idx, options, env):
+        return _maths(tokens[idx])
+
+    math_display = math_bracket = math_inline
+
+    def math_block(self, tokens, idx, options, env):
+        return f'<div class="math display">{_maths(tokens[idx])}</div>\n'
+
+    def fence(self, tokens, idx, options, env):
+        info = unescapeAll(tokens[idx].info).strip()
+        return _highlight(tokens[idx].content, info.split()[0] if info else "")
+
+    def code_block(self, tokens, idx, options, env):
+        return _highlight(tokens[idx].content, "")
+
+    def heading_open(self, tokens, idx, options, env):
+        text = self.renderInline(tokens[idx + 1].children or [], options, env)
+        return f'<{tokens[idx].tag} id="{_heading_id(text, env["ids"])}">'
+
+    def image(self, tokens, idx, options, env):
+        token = tokens[idx]
+        src = token.attrGet("src") or ""
+        if not re.match(r"(?i)(https?|data):", src):
+            src = image_data_uri(src, env["base_dir"])
+        alt = self.renderInlineAsText(token.children, options, env)
+        title = token.attrGet("title")
+        title = f' title="{escapeHtml(str(title))}"' if title else ""
+        return f'<img alt="{escapeHtml(alt)}" src="{escapeHtml(src)}"{title}>'
+
+    def figure(self, tokens, idx, options, env):
+        meta = tokens[idx].meta
+        out = "<figure>" + self.image([meta["image"]], 0, options, env)
+        if meta["caption"] is not None:
+            out += f"<figcaption>{self.renderInline(meta['caption'], options, env)}</figcaption>"
+        return out + "</figure>\n"
+
+    def th_open(self, tokens, idx, options, env):
+        token = tokens[idx]
+        if style := token.attrGet("style"):  # text-align:right
+            token.attrSet("style", str(style).replace(":", ": ") + ";")
+        return self.renderToken(tokens, idx, options, env)
+
+    td_open = th_open
+
+    # Footnotes as LessWrong numbers them (by first reference), marked up as Python-Markdown does.
+    def footnote_ref(self, tokens, idx, options, env):
+        n, ref = _note_ids(tokens[idx].meta)
+        return f'<sup id="{ref}"><a class="footnote-ref" href="#fn:{n}">{n}</a></sup>'
+
+    def footnote_anchor(self, tokens, idx, options, env):
+        n, ref = _note_ids(tokens[idx].meta)
+        after_text = tokens[idx - 1].type == "inline" and bool(tokens[idx - 1].children)
+        space = "&#160;" if after_text and not tokens[idx].meta.get("subId") else ""
+        return (f'{space}<a class="footnote-backref" href="#{ref}" '
+                f'title="Jump back to footnote {n} in the text">&#8617;</a>')
+
+    def footnote_block_open(self, tokens, idx, options, env):
+        return '<div class="footnote">\n<hr>\n<ol>\n'
+
+    def footnote_block_close(self, tokens, idx, options, env):
+        return "</ol>\n</div>\n"
+
+    def footnote_open(self, tokens, idx, options, env):
+        return f'<li id="fn:{tokens[idx].meta["id"] + 1}">\n'
+
+    def footnote_close(self, tokens, idx, options, env):
+        return "</li>\n"
+
+    # HTML is off in the parse, so these never come; were they to, they would show as text.
+    def html_inline(self, tokens, idx, options, env):
+        return escapeHtml(tokens[idx].content)
+
+    html_block = html_inline
+
+
+def _note_ids(meta: dict) -> tuple[int, str]:
+    n, sub = meta["id"] + 1, meta.get("subId", 0)  # an inline note ^[..] has one reference
+    return n, f"fnref{sub + 1 if sub else ''}:{n}"
+
+
+def _heading_id(inner_html: str, used: set[str]) -> str:
+    """A unique id from a heading's text, as Python-Markdown's toc makes them (maths as its MathML text)."""
+    text = re.sub(r"&[#a-zA-Z0-9]+;", "", re.sub(r"<[^>]+>", "", inner_html))
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower())
+    candidate, n = slug, 0
+    while candidate in used or not candidate:
+        n += 1
+        candidate = f"{slug}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+_OPTIONS = MarkdownIt("js-default").options  # LessWrong's: no xhtmlOut, no breaks
+_FORMATTER = HtmlFormatter(cssclass="codehilite", wrapcode=True, style=PYGMENTS_STYLE)
+
+
+def _highlight(code: str, lang: str) -> str:
+    """A code block highlighted by pygments (plain text for no or an unknown language)."""
+    try:
+        lexer = get_lexer_by_name(lang) if lang else TextLexer()
+    except ClassNotFound:
+        lexer = TextLexer()
+    return highlight(code, lexer, _FORMATTER) + "\n"
+
+
+def post_to_html(post_md: str, *, title: str, base_dir: Path) -> str:
+    """The preview page of a whole post.md, its figures read from under `base_dir`.
+
+    The text gets the forum's repairs first (posts.markdown.normalise, as the forum post.md does),
+    then one parse; its opening `# title` heading and `*summary*` line become the page's header.
+    `title` is the page's <title>.
+    """
+    return _page(post_md, title=title, base_dir=Path(base_dir), summary=True)
 
 
 def markdown_to_html(md_text: str, *, title: str, base_dir: Path, summary: str = "") -> str:
-    """One self-contained HTML page for a post's markdown; images are read from under `base_dir`."""
-    body = _converter(Path(base_dir)).convert(md_text)
-    heading, summary_html = (_inline(t, Path(base_dir)) for t in (title, summary))
-    for part in (body, heading, summary_html):
+    """One self-contained HTML page for a post body, under `title` and `summary` written above it
+    as post.md has them (`# title`, `*summary*`); images are read from under `base_dir`."""
+    header = f"# {title}\n\n" + (f"*{summary}*\n\n" if summary.strip() else "")
+    return _page(header + md_text, title=title, base_dir=Path(base_dir), summary=bool(summary.strip()))
+
+
+def _page(md_text: str, *, title: str, base_dir: Path, summary: bool) -> str:
+    tokens = parse(normalise(md_text).text).tokens
+    renderer, env = _Renderer(), {"base_dir": base_dir, "ids": set()}
+    options = _OPTIONS
+    heading = html.escape(title)
+    if [t.type for t in tokens[:3]] == ["heading_open", "inline", "heading_close"] and tokens[0].tag == "h1":
+        heading, tokens = renderer.renderInline(tokens[1].children or [], options, env), tokens[3:]
+    lead = ""
+    if summary and [t.type for t in tokens[:3]] == ["paragraph_open", "inline", "paragraph_close"]:
+        children = tokens[1].children or []
+        lead = renderer.renderInline(children[1:-1] if _whole(children, "em_open") else children, options, env)
+        lead, tokens = f'<p class="summary">{lead}</p>\n', tokens[3:]
+    body = renderer.render(_layout(tokens), options, env)
+    for part in (body, heading, lead):
         _Audit().feed(part)
     style = HtmlFormatter(style=PYGMENTS_STYLE).get_style_defs(".codehilite")
-    lead = f'<p class="summary">{summary_html}</p>\n' if summary.strip() else ""
     return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n"
         f"<style>{CSS}\n{style}\n</style>\n</head>\n<body>\n<article>\n"
-        f"<h1>{heading}</h1>\n{lead}{body}\n</article>\n</body>\n</html>\n"
+        f"<h1>{heading}</h1>\n{lead}{body.rstrip()}\n</article>\n</body>\n</html>\n"
     )
