@@ -218,11 +218,11 @@ class Workspace:
 
     def posts(self, names=(), sel=None, *, confirm_large: bool = True) -> list:
         """The named posts (all of templates/ by default), each planned: its specs and runs."""
-        from expost import writeup
+        from expost import spine
         from expost.posts.post import find_posts
 
         sel = sel or self.selection()
-        return [writeup.plan_post(self.layout, p, sel, confirm_large)
+        return [spine.plan_post(self.layout, p, sel, confirm_large)
                 for p in find_posts(self.layout.templates_dir, _names(names))]
 
     def build(self, posts=(), sel=None, *, jobs: int | None = None, force: bool = False, yes: bool = False,
@@ -232,41 +232,41 @@ class Workspace:
         Posts whose inputs did not change are left alone (no experiment imported, no figure
         drawn). With check=True nothing in publish/ is written: each post is rendered into a
         scratch folder and compared (PostResult.diffs)."""
-        from expost import writeup
+        from expost import spine
 
         sel = sel or self.selection()
         pps = self.posts(posts, sel, confirm_large=not yes)
         report = BuildReport()
         todo = []
         for pp in pps:
-            if check or force or not writeup.up_to_date(self.layout, pp, writeup.render_key(
-                    self.layout, pp, writeup.command_for(pp.post, sel))):
+            if check or force or not spine.up_to_date(self.layout, pp, spine.render_key(
+                    self.layout, pp, spine.command_for(pp.post, sel))):
                 todo.append(pp)
             else:
                 report.posts.append(PostResult(pp.post.name, "up to date", self.layout.post_dir(pp.post.name)))
         if not todo:
             return report
-        specs, plans = writeup.union_of_runs(todo)
+        specs, plans = spine.union_of_runs(todo)
         report.runs = self._execute(specs, plans, sel, jobs, force)
         report.runs.raise_for_failures()
         for pp in todo:
             out = self.layout.post_dir(pp.post.name)
             if check:
-                diffs = writeup.check_post(self.layout, pp, sel)
+                diffs = spine.check_post(self.layout, pp, sel)
                 report.posts.append(PostResult(pp.post.name, "OUT OF DATE" if diffs else "up to date", out,
                                                diffs=diffs))
             else:
-                status, warnings = writeup.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
+                status, warnings = spine.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
                 report.posts.append(PostResult(pp.post.name, status, out, warnings))
         return report
 
     def render(self, posts=(), sel=None, *, force: bool = False, allow_secrets: bool = False) -> list[PostResult]:
         """Render posts from the cache only (never runs); MissingRunsError lists what a post lacks."""
-        from expost import writeup
+        from expost import spine
 
         out = []
         for pp in self.posts(posts, sel):
-            status, warnings = writeup.build_post(self.layout, pp, sel or self.selection(), force, allow_secrets)
+            status, warnings = spine.build_post(self.layout, pp, sel or self.selection(), force, allow_secrets)
             out.append(PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings))
         return out
 
@@ -283,20 +283,20 @@ class Workspace:
                      allow_secrets: bool = False) -> Published:
         """Publish publish/POST/gist/ as a GitHub gist (or push it to `remote`), remember where in
         publish/published.json, and re-render post.md with figure links pinned to that commit."""
-        from expost import writeup
+        from expost import spine
         from expost.errors import PublishError
-        from expost.publish import gist
+        from expost.publish import gist, records
         from expost.publish.safety import refuse_secrets
 
         sel = self.selection()
         pp = self.posts((post,), sel)[0]
-        status, warnings = writeup.build_post(self.layout, pp, sel, allow_secrets=allow_secrets)
+        status, warnings = spine.build_post(self.layout, pp, sel, allow_secrets=allow_secrets)
         built = PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings)
         bundle = built.out / "gist"
         token = None if (dry_run or remote) else gist.get_token()
         if not allow_secrets:
             refuse_secrets(bundle, f"publishing {pp.post.name}", extra=[token] if token else [])
-        previous = writeup.published_records(self.layout).get(pp.post.name)
+        previous = records.published_records(self.layout).get(pp.post.name)
         try:
             record = gist.publish(bundle, record=previous, description=pp.post.title, token=token,
                                   api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
@@ -304,12 +304,12 @@ class Workspace:
                                   dry_run=dry_run, public=public)
         except PublishError as e:
             if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
-                writeup.save_published(self.layout, pp.post.name, e.record)
+                records.save_published(self.layout, pp.post.name, e.record)
             raise
         if dry_run:
             return Published(built, record.get("dry_run", record), True)
-        writeup.save_published(self.layout, pp.post.name, record)
-        status, warnings = writeup.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
+        records.save_published(self.layout, pp.post.name, record)
+        status, warnings = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
         rebuilt = PostResult(pp.post.name, status, built.out, warnings)
         return Published(rebuilt, record, False, record.get("html_url") or record.get("git_url") or remote)
 

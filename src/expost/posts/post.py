@@ -17,8 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expost.errors import TemplateError
+
+if TYPE_CHECKING:
+    from expost.runs.plan import PlannedRun
+    from expost.runs.spec import Spec
 
 SUFFIX = ".md.j2"
 REQUIRED = ("title", "summary", "experiments")
@@ -36,6 +41,19 @@ class Post:
     tags: list[str] = field(default_factory=list)
     seeds: int | None = None
     body_offset: int = 0  # lines taken by the front matter (kept blank so Jinja line numbers match)
+
+
+@dataclass
+class PostPlan:
+    """A post and what it is built from: its experiments' static specs and planned runs."""
+
+    post: Post
+    specs: dict[str, Spec]  # static specs
+    plans: dict[str, list[PlannedRun]]
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        return [r for rs in self.plans.values() for r in rs]
 
 
 def check_name(name: str, what: str = "post") -> str:

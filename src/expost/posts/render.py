@@ -29,7 +29,7 @@ from expost.runs.spec import Spec
 from expost.runs.stats import compare as paired_compare
 
 LAYOUT = f"layout{SUFFIX}"
-PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the same folder writeup hashes
+PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the same folder freshness hashes
 
 
 class PostLoader(jinja2.FileSystemLoader):

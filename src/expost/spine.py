@@ -1,44 +1,35 @@
-"""The writeup side of the flow, for the CLI: cached results -> claims -> render -> publish/NAME/.
+"""The spine: a post's way through the stages, top to bottom.
 
-A post is re-rendered only when the hash of its inputs changes (templates, experiment sources,
-run keys, expost version); the up-to-date check reads no results and imports neither torch nor
-matplotlib. Outputs are staged in a temporary folder and swapped into place, so publish/NAME/
-is always a complete bundle.
+    plan_post      which experiments and runs a post needs (runs.plan)
+    (the runs)     runs.runner executes what the cache lacks, called by the front door
+    render_to      results -> claims -> render -> HTML -> export, into a staged folder
+    build_post     unless fresh: render_to, secret scan, swap into publish/NAME/, stamp
+
+A post is re-rendered only when its key changes (expost.freshness); the up-to-date check reads
+no results and imports neither torch nor matplotlib. Outputs are staged in a temporary folder
+and swapped into place, so publish/NAME/ is always a complete bundle. No stage calls back up.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from expost.runs.cache import Cache
-from expost.files import atomic_write_text, sha256_file
 from expost.errors import MissingRunsError, PublishError, SpecError
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
 from expost.runs.plan import PlannedRun
-from expost.posts.post import Post
+from expost.posts.post import Post, PostPlan
+from expost.publish.records import image_urls, published_records
 from expost.runs.spec import Spec
 from expost.layout import Layout
 
 # Rendering, claims, figures and export are imported inside the functions that use them: the
 # up-to-date check of a no-op build needs none of them (nor numpy, jinja2, torch or matplotlib).
-
-
-@dataclass
-class PostPlan:
-    post: Post
-    specs: dict[str, Spec]  # static specs
-    plans: dict[str, list[PlannedRun]]
-
-    @property
-    def runs(self) -> list[PlannedRun]:
-        return [r for rs in self.plans.values() for r in rs]
 
 
 def plan_post(ws: Layout, post: Post, sel: Selection, confirm_large: bool = True) -> PostPlan:
@@ -122,45 +113,8 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     # post.md: the page shows what LessWrong will; its figure links stay relative, to be inlined.
     html = post_to_html(rendered.markdown, title=pp.post.title, base_dir=out)
     (out / "post.html").write_text(html, encoding="utf-8")
-    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post, out), sel.device)
+    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out), sel.device)
     return exported.warnings
-
-
-PUBLISHED = "published.json"
-
-
-def published_records(ws: Layout) -> dict:
-    """Where each post was published (gist id, commit, raw URLs): publish/published.json."""
-    try:
-        return json.loads((ws.publish_dir / PUBLISHED).read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as e:
-        raise PublishError(f"publish/{PUBLISHED} is not valid JSON ({e}); restore it from git") from None
-
-
-def save_published(ws: Layout, name: str, record: dict) -> None:
-    records = published_records(ws)
-    records[name] = record
-    atomic_write_text(ws.publish_dir / PUBLISHED, json.dumps(records, sort_keys=True, indent=1) + "\n")
-
-
-def image_urls(ws: Layout, post: Post, out: Path):
-    """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged,
-    else image_base_url from expost.toml, else None (the link stays relative and export warns)."""
-    record = published_records(ws).get(post.name) or {}
-    base = ws.settings.get("image_base_url")
-
-    def url(src: str) -> str | None:
-        name = Path(src).name
-        raw = record.get("raw_urls", {}).get(name)
-        if raw and (out / src).is_file() and record.get("files", {}).get(name) == sha256_file(out / src):
-            return raw
-        if base:
-            return f"{str(base).rstrip('/')}/{post.name}/{src}"
-        return None
-
-    return url
 
 
 def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
