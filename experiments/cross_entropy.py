@@ -46,7 +46,8 @@ OUTPUTS = {
 CLAIMS = [
     {"claim": "With cross-entropy an S-curve appears: the loss plateaus, then drops sharply "
               "(sharpness > 1, the scurves definition).",
-     "per": "lr", "min_frac": 0.8, "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness"},
+     "per": "lr", "min_frac": 0.8, "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness",
+     "xfail": "the thread left it open; the drop ends in a long tail, so only 4 of 10 seeds qualify"},
     {"claim": "The drop starts suddenly: the plateau lasts longer than the first half of the drop.",
      "per": "lr", "min_frac": 0.8, "check": lambda r: r.scalar("onset_sharpness") > 1, "metric": "onset_sharpness"},
     {"claim": "After the sudden start the descent slows: the second half of the drop takes longer than the first.",

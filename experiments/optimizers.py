@@ -47,16 +47,18 @@ CLAIMS = [
     {"claim": "For rank 1, AdamW just accelerates things: at the same learning rate its loss drops earlier than SGD's.",
      "where": {"rank": 1, "optimizer": ["sgd", "adamw"]}, "per": "lr",
      "check": lambda r: r.where(optimizer="adamw").scalar("drop_step") < r.where(optimizer="sgd").scalar("drop_step"),
-     "metric": None},
+     "metric": None, "xfail": "with a summed loss, SGD's drop comes about 5x sooner than AdamW's"},
     {"claim": "For rank 1, AdamW keeps the S-curve: plateau, then a sharp drop (sharpness > 1).",
      "where": {"rank": 1, "optimizer": "adamw"}, "per": "lr",
-     "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness"},
+     "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness",
+     "xfail": "AdamW replaces the S-curve with a gradual decline"},
     {"claim": "At full rank, SGD loses the plateau (sharpness < 1): the baseline Adam is said to change.",
      "where": {"rank": 20, "optimizer": "sgd"}, "per": "lr",
      "check": lambda r: r.scalar("sharpness") < 1, "metric": "sharpness"},
     {"claim": "With Adam the full-rank case regains a plateau: plateau, then a sharp drop (sharpness > 1).",
      "where": {"rank": 20, "optimizer": "adam"}, "per": "lr",
-     "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness"},
+     "check": lambda r: r.scalar("sharpness") > 1, "metric": "sharpness",
+     "xfail": "reported for one setting in the thread; not in ours"},
 ]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}

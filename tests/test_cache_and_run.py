@@ -30,7 +30,7 @@ def test_second_invocation_runs_nothing(expost):
 def test_editing_source_reruns_only_that_experiment(expost, ws):
     assert expost("run", "-q").exit_code == 0  # toy and other
     path = ws / "experiments" / "toy.py"
-    path.write_text(path.read_text() + "\n# an edit\n")
+    path.write_text(path.read_text().replace("0.01 * rng.random()", "0.02 * rng.random()"))  # what run computes
     reasons = explain_lines(expost)
     assert {r[3] for r in reasons if r[0] == "toy"} == {"source changed"}
     assert {r[3] for r in reasons if r[0] == "other"} == {"cached"}
@@ -43,7 +43,7 @@ def test_local_module_is_part_of_the_key(expost, ws):
     helper = ws / "experiments" / "_helper.py"
     helper.write_text("SCALE = 1\n")
     toy = ws / "experiments" / "toy.py"
-    toy.write_text("import _helper\n" + toy.read_text())
+    toy.write_text("import _helper\n" + toy.read_text().replace("start = 1 +", "start = _helper.SCALE +"))
     assert expost("run", "toy", "-q").exit_code == 0
     helper.write_text("SCALE = 2\n")
     assert {r[3] for r in explain_lines(expost, "toy")} == {"source changed"}
@@ -167,15 +167,16 @@ def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
     path = ws / "experiments" / "toy.py"
     path.write_text(path.read_text().replace('"rate": 0.5,', '"rate": 0.7,'))
     edited = pipeline.load_specs(w, ["toy"])[0]
-    assert edited.params["rate"] == 0.7 and edited.source_hash != first[0].source_hash
+    assert edited.params["rate"] == 0.7 and edited.file_hash != first[0].file_hash
 
 
 def test_a_new_local_module_changes_the_remembered_source_hash(ws):
     """`import helper` resolved to nothing local; creating experiments/helper.py must count."""
     w = find_workspace(ws)
     path = ws / "experiments" / "toy.py"
-    guarded = "import math\ntry:\n    import helper_mod_x  # noqa: F401\nexcept ImportError:\n    pass\n"
-    path.write_text(path.read_text().replace("import math\n", guarded, 1))
+    guarded = ("import math\ntry:\n    import helper_mod_x\n    BONUS = helper_mod_x.X\n"
+               "except ImportError:\n    BONUS = 0\n")
+    path.write_text(path.read_text().replace("import math\n", guarded, 1).replace("start = 1 +", "start = 1 + BONUS +"))
     _age([path])
     before = pipeline.load_specs(w, ["toy"])[0].source_hash
     assert pipeline.load_specs(w, ["toy"])[0].source_hash == before

@@ -37,12 +37,33 @@ def test_paired_comparison():
 
 def test_interpret_return_values():
     assert interpret(True, 5) == (1, 1, False)
+    assert interpret(np.bool_(False), 5) == (0, 1, False)
     assert interpret(np.array([True, False, True]), 3) == (2, 3, True)
-    assert interpret(None, 3) is None
+    assert interpret([True, True, False], 3) == (2, 3, True)
+    assert interpret(None, 3) is None  # cannot tell: inconclusive, never a pass
     with pytest.raises(TypeError):
         interpret(np.array([True, False]), 3)
-    with pytest.raises(TypeError):
-        interpret("yes", 3)
+
+
+@pytest.mark.parametrize("value, says", [
+    (np.array([0.5, 1.5, 2.0]), "float64"),       # the comparison forgotten: floats are not verdicts
+    (np.float64(1.7), "float64"),                  # a mean
+    (float("nan"), "float"),                       # NaN is truthy in Python; never here
+    (1, "int"),
+    (np.array([1, 0, 1]), "int64"),
+    ("yes", "str"),
+    ({"ok": True}, "dict"),
+])
+def test_a_check_that_returns_anything_but_booleans_is_an_error(value, says):
+    with pytest.raises(TypeError, match=says):
+        interpret(value, 3)
+
+
+def test_torch_booleans_are_verdicts_and_torch_floats_are_not():
+    torch = pytest.importorskip("torch")
+    assert interpret(torch.tensor([True, False, True]), 3) == (2, 3, True)
+    with pytest.raises(TypeError, match="float32"):
+        interpret(torch.tensor([0.1, 0.2, 0.3]), 3)
 
 
 @pytest.mark.parametrize("k,n,min_frac,missing,expected", [

@@ -14,7 +14,9 @@ from expost import __version__
 from expost.errors import ExpostError
 from expost.workspace import Progress, Workspace
 
-EPILOG = "Exit codes: 0 success; 1 a claim failed, a run failed or an input was invalid; 2 usage error."
+EPILOG = ("Exit codes: 0 success; 1 a claim's verdict was not the expected one, a run failed or an input was "
+          "invalid; 2 usage error; 3 (check) a claim is inconclusive and nothing else is wrong.")
+EXIT_INCONCLUSIVE = 3
 
 
 def selection_options(f):
@@ -179,7 +181,8 @@ def _verdict_table(verdicts) -> list[str]:
         extra = v.numbers or v.detail
         if v.missing:
             extra = (extra + "; " if extra else "") + f"{v.missing} seed(s) missing"
-        rows.append((v.experiment, text, v.group or "-", v.verdict, v.k_of_n, need, extra))
+        verdict = v.verdict if not v.xfail else f"{v.verdict} ({'xfail' if v.verdict != 'holds' else 'XPASS'})"
+        rows.append((v.experiment, text, v.group or "-", verdict, v.k_of_n, need, extra))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     return ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
 
@@ -187,25 +190,35 @@ def _verdict_table(verdicts) -> list[str]:
 @cli.command(epilog=EPILOG)
 @click.argument("experiments", nargs=-1)
 @selection_options
+@click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the only problem is an inconclusive claim.")
 @click.pass_context
-def check(ctx, experiments, sel):
+def check(ctx, experiments, sel, allow_inconclusive):
     """Evaluate every claim across the cached seeds and print a verdict table.
 
-    Exits 1 if any claim fails (or errors), 0 otherwise. Runs nothing: missing runs make a
-    claim inconclusive; run `expost run` first.
+    Exits 0 when every verdict is the expected one (a claim marked "xfail" is expected not to
+    hold), 1 when one is not (a claim fails, an xfail claim holds, or a check errs), and 3 when
+    nothing is wrong but a claim is inconclusive (missing runs, too few seeds), unless
+    --allow-inconclusive. Runs nothing: run `expost run` first.
 
     \b
     Example:
         expost run scurves && expost check scurves
     """
+    from expost.runs.claims import surprises
+
     ws, _ = workspace_of(ctx)
     verdicts = ws.check(experiments, sel)
     for line in _verdict_table(verdicts):
         click.echo(line.rstrip())
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("holds", "fails", "inconclusive", "error")}
+    unexpected, inconclusive = surprises(verdicts)
+    counts = {"as expected": len(verdicts) - len(unexpected) - len(inconclusive), "unexpected": len(unexpected),
+              "inconclusive": len(inconclusive)}
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims declared", err=True)
-    if counts["fails"] or counts["error"]:
+    if unexpected:
         sys.exit(1)
+    if inconclusive and not allow_inconclusive:
+        click.echo("inconclusive claims: run the missing seeds (`expost run`), or pass --allow-inconclusive", err=True)
+        sys.exit(EXIT_INCONCLUSIVE)
 
 
 @cli.command("list", epilog=EPILOG)
@@ -247,8 +260,10 @@ def render(ctx, posts, sel, force, allow_secrets):
         expost render scurves
     """
     ws, _ = workspace_of(ctx)
-    for post in ws.render(posts, sel, force=force, allow_secrets=allow_secrets):
+    rendered = ws.render(posts, sel, force=force, allow_secrets=allow_secrets)
+    for post in rendered:
         print_post(ws, post)
+    fail_on_claim_errors(rendered)
 
 
 def print_post(ws: Workspace, post) -> None:
@@ -261,6 +276,15 @@ def print_post(ws: Workspace, post) -> None:
                         "expost.toml or publish the gist first (`expost publish gist NAME`)")
     for w in warnings:
         click.echo(f"warning: {post.name}: {w}", err=True)
+    for e in post.errors:
+        click.echo(f"error: {post.name}: {e}", err=True)
+
+
+def fail_on_claim_errors(posts) -> None:
+    errors = [e for p in posts for e in p.errors]
+    if errors:
+        raise click.ClickException(f"{len(errors)} claim check(s) could not be evaluated (listed above); fix them "
+                                   "in the experiment's CLAIMS: a check must return a bool or one bool per seed")
 
 
 @cli.command(epilog=EPILOG)
@@ -299,6 +323,7 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
             print_post(ws, post)
     if report.out_of_date:
         raise click.ClickException("publish/ does not match what the code produces; run `expost build` and commit publish/")
+    fail_on_claim_errors(report.posts)
 
 
 @cli.command(epilog=EPILOG)

@@ -1,6 +1,6 @@
 """Freshness: every key and stamp that decides whether a run or a post is stale, in one place.
 
-- A run's key: the experiment's source (what `run` reaches, see runs/spec.source_hash), the
+- A run's key: the code a run computes with (what `run` reaches, see runs/reach.py), the
   resolved config, the seed and a coarse environment fingerprint (`run_key`, `env_fingerprint`).
 - A static spec is remembered by the stat signatures of every file that decides it (`StaticSpecs`).
 - A post's key (`post_key`): every template it reads at any depth, its run keys and experiment
@@ -37,7 +37,7 @@ LAYOUT_TEMPLATE = "layout.md.j2"
 
 # Installed packages whose version can change a bundle's bytes (figures, markdown, HTML, maths,
 # highlighted code, the manifest's recorded versions).
-BUNDLE_PACKAGES = ("torch", "numpy", "matplotlib", "pillow", "jinja2", "markupsafe", "markdown", "markdown-it-py",
+BUNDLE_PACKAGES = ("torch", "numpy", "matplotlib", "pillow", "jinja2", "markupsafe", "markdown-it-py",
                    "mdit-py-plugins", "pygments", "latex2mathml")
 
 
@@ -116,7 +116,7 @@ class StaticSpecs:
     decides it, so a no-op build parses and hashes no source (a file git's rules cannot vouch for
     is read again)."""
 
-    VERSION = 2
+    VERSION = 3
 
     def __init__(self, ws: Layout):
         self.path = ws.cache.specs_store
@@ -268,7 +268,7 @@ def post_key(ws: Layout, pp, command: str, published: dict | None) -> str:
                      "settings": ws.settings, "python": sys.version,
                      "packages": {n: versions.get(_normal(n)) for n in BUNDLE_PACKAGES},
                      "runs": {e: [r.key for r in rs] for e, rs in sorted(pp.plans.items())},
-                     "sources": {e: s.source_hash for e, s in sorted(pp.specs.items())}}).encode())
+                     "sources": {e: s.file_hash for e, s in sorted(pp.specs.items())}}).encode())
     return h.hexdigest()
 
 

@@ -182,7 +182,7 @@ def check(ws: Layout, spec: Spec, runs: list[PlannedRun], sel: Selection) -> lis
     n_planned = len({r.seed for r in runs})
     verdicts = claims_mod.evaluate(full, rs, n_planned)
     path = Cache(ws.cache_dir).root / "claims" / f"{spec.name}.json"
-    atomic_write_text(path, json.dumps({"source": spec.source_hash, "seeds": n_planned,
+    atomic_write_text(path, json.dumps({"source": spec.file_hash, "seeds": n_planned,
                                         "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
     return verdicts
 
@@ -194,4 +194,4 @@ def known_verdicts(ws: Layout, spec: Spec) -> list[dict] | None:
         data = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return data["verdicts"] if data.get("source") == spec.source_hash else None
+    return data["verdicts"] if data.get("source") == spec.file_hash else None

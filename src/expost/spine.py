@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from expost.runs.cache import Cache
@@ -83,9 +84,17 @@ def missing(ws: Layout, pp: PostPlan) -> list[PlannedRun]:
     return [r for r in pp.runs if not cache.has(r.key)]
 
 
-def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path) -> list[str]:
-    """Render and export the post from the cache into `out` (an empty folder); returns warnings.
-    Never runs anything."""
+@dataclass
+class Built:
+    status: str  # "up to date" | "rendered"
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # claims that could not be evaluated
+
+
+def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path) -> Built:
+    """Render and export the post from the cache into `out` (an empty folder). Never runs anything.
+    A claim whose check raised or returned no booleans is shown as such in the post and listed
+    in Built.errors."""
     from expost.runs import claims as claims_mod
     from expost.publish.export import export
     from expost.posts.render import Inputs, render
@@ -114,27 +123,29 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     html = post_to_html(rendered.markdown, title=pp.post.title, base_dir=out)
     (out / "post.html").write_text(html, encoding="utf-8")
     exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out), sel.device)
-    return exported.warnings
+    errors = [f"{v.experiment}: claim {v.index} ({v.claim[:60]}){' [' + v.group + ']' if v.group else ''} could not "
+              f"be evaluated: {v.detail}" for vs in verdicts.values() for v in vs if v.verdict == claims_mod.ERROR]
+    return Built("rendered", exported.warnings, errors)
 
 
 def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
-               allow_secrets: bool = False) -> tuple[str, list[str]]:
-    """Render into publish/NAME/ unless up to date. Returns ('up to date' | 'rendered', warnings)."""
+               allow_secrets: bool = False) -> Built:
+    """Render into publish/NAME/ unless up to date."""
     command = command_for(pp.post, sel)
     key = render_key(ws, pp, command)
     if not force and up_to_date(ws, pp, key):
-        return "up to date", []
+        return Built("up to date")
     with Cache(ws.cache_dir).lock(f"post-{pp.post.name}"):  # one writer of publish/NAME/ at a time
         if not force and up_to_date(ws, pp, key):  # another build did it while this one waited
-            return "up to date", []
+            return Built("up to date")
         return _build_locked(ws, pp, sel, command, key, allow_secrets)
 
 
 def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: str,
-                  allow_secrets: bool) -> tuple[str, list[str]]:
+                  allow_secrets: bool) -> Built:
     stage = _stage(ws, pp)
     try:
-        warnings = render_to(ws, pp, sel, command, stage)
+        built = render_to(ws, pp, sel, command, stage)
         from expost.publish.safety import refuse_secrets
 
         if not allow_secrets:
@@ -143,8 +154,12 @@ def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: s
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    PostStamp(ws, pp.post.name).write(key, _git_state(ws, pp), head(ws.root))
-    return "rendered", warnings
+    stamp = PostStamp(ws, pp.post.name)
+    if built.errors:  # never "up to date" while a claim cannot be evaluated: the next build says so again
+        stamp.path.unlink(missing_ok=True)
+    else:
+        stamp.write(key, _git_state(ws, pp), head(ws.root))
+    return built
 
 
 def check_post(ws: Layout, pp: PostPlan, sel: Selection) -> list[str]:

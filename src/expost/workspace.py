@@ -74,6 +74,7 @@ class PostResult:
     out: Path
     warnings: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)  # build --check: the files that differ
+    errors: list[str] = field(default_factory=list)  # claims that could not be evaluated
 
 
 @dataclass
@@ -84,6 +85,10 @@ class BuildReport:
     @property
     def out_of_date(self) -> list[PostResult]:
         return [p for p in self.posts if p.diffs]
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for p in self.posts for e in p.errors]
 
 
 @dataclass
@@ -256,8 +261,8 @@ class Workspace:
                 report.posts.append(PostResult(pp.post.name, "OUT OF DATE" if diffs else "up to date", out,
                                                diffs=diffs))
             else:
-                status, warnings = spine.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
-                report.posts.append(PostResult(pp.post.name, status, out, warnings))
+                built = spine.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
+                report.posts.append(PostResult(pp.post.name, built.status, out, built.warnings, errors=built.errors))
         return report
 
     def render(self, posts=(), sel=None, *, force: bool = False, allow_secrets: bool = False) -> list[PostResult]:
@@ -266,8 +271,9 @@ class Workspace:
 
         out = []
         for pp in self.posts(posts, sel):
-            status, warnings = spine.build_post(self.layout, pp, sel or self.selection(), force, allow_secrets)
-            out.append(PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings))
+            built = spine.build_post(self.layout, pp, sel or self.selection(), force, allow_secrets)
+            out.append(PostResult(pp.post.name, built.status, self.layout.post_dir(pp.post.name), built.warnings,
+                                  errors=built.errors))
         return out
 
     def verify(self, post: str, *, seeds: int | None = None, jobs: int | None = None):
@@ -290,8 +296,9 @@ class Workspace:
 
         sel = self.selection()
         pp = self.posts((post,), sel)[0]
-        status, warnings = spine.build_post(self.layout, pp, sel, allow_secrets=allow_secrets)
-        built = PostResult(pp.post.name, status, self.layout.post_dir(pp.post.name), warnings)
+        first = spine.build_post(self.layout, pp, sel, allow_secrets=allow_secrets)
+        built = PostResult(pp.post.name, first.status, self.layout.post_dir(pp.post.name), first.warnings,
+                           errors=first.errors)
         bundle = built.out / "gist"
         token = None if (dry_run or remote) else gist.get_token()
         if not allow_secrets:
@@ -309,8 +316,8 @@ class Workspace:
         if dry_run:
             return Published(built, record.get("dry_run", record), True)
         records.save_published(self.layout, pp.post.name, record)
-        status, warnings = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
-        rebuilt = PostResult(pp.post.name, status, built.out, warnings)
+        again = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
+        rebuilt = PostResult(pp.post.name, again.status, built.out, again.warnings, errors=again.errors)
         return Published(rebuilt, record, False, record.get("html_url") or record.get("git_url") or remote)
 
 

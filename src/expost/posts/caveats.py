@@ -20,7 +20,17 @@ CV_LIMIT = 0.25
 
 
 def claim_sentence(v: Verdict) -> str:
-    """(a) The verdict in words, with k of n whenever not every seed agrees."""
+    """(a) The verdict in words, with k of n whenever not every seed agrees; for a claim marked
+    as expected not to hold, whether that expectation was met."""
+    text = _verdict_words(v)
+    if v.xfail and v.verdict == FAILS:
+        return f"{text} (expected: {v.xfail})"
+    if v.xfail and v.verdict == HOLDS:
+        return f"{text}, although it was expected not to ({v.xfail})"
+    return text
+
+
+def _verdict_words(v: Verdict) -> str:
     where = f" ({v.group})" if v.group else ""
     if v.verdict == ERROR:
         return f"could not be checked{where}: {v.detail}"

@@ -197,7 +197,10 @@ class Helpers:
         """The claim sentence with its verdict: '... — holds in 9 of 10 seeds.'"""
         vs = self._verdicts(experiment, which)
         text = vs[0].claim if vs else self._spec(experiment).claims[which].text
-        return f"**Claim:** {text} — *{'; '.join(caveats.claim_sentence(v) for v in vs)}.*"
+        quantitative = bool(vs) and self._spec(experiment).claims[vs[0].index].value is not None
+        said = "; ".join(caveats.claim_sentence(v) + (f" ({v.numbers})" if quantitative and v.numbers else "")
+                         for v in vs)
+        return f"**Claim:** {text} — *{said}.*"
 
     def verdict(self, experiment: str, which) -> str:
         """A claim's overall verdict: holds, fails, inconclusive, or mixed (its groups disagree)."""

@@ -29,6 +29,17 @@ class Verdict:
     n_seeds: int = 0
     numbers: str = ""
     detail: str = ""
+    xfail: str = ""  # the claim is expected not to hold, and why
+
+    @property
+    def expected(self) -> bool | None:
+        """Is this the verdict the experiment expects (holds, or fails for an xfail claim)? None
+        when it cannot tell (inconclusive); an error is never expected."""
+        if self.verdict == INCONCLUSIVE:
+            return None
+        if self.verdict == ERROR:
+            return False
+        return self.verdict == (FAILS if self.xfail else HOLDS)
 
     @property
     def k_of_n(self) -> str:
@@ -38,7 +49,7 @@ class Verdict:
         return {"experiment": self.experiment, "claim": self.claim, "index": self.index, "group": self.group,
                 "verdict": self.verdict, "k": self.k, "n": self.n, "min_frac": self.min_frac,
                 "per_seed": self.per_seed, "missing": self.missing, "n_seeds": self.n_seeds, "numbers": self.numbers,
-                "detail": self.detail}
+                "detail": self.detail, "xfail": self.xfail}
 
 
 def value_label(value) -> str:
@@ -48,19 +59,88 @@ def value_label(value) -> str:
     return num(value) if isinstance(value, float) else str(value)
 
 
+def _array(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _described(value) -> str:
+    arr = _array(value) if not isinstance(value, (str, bytes, dict)) else None
+    kind = type(value).__name__
+    if arr is None or arr.dtype == object:
+        return f"a {kind}"
+    return f"a {kind} of {arr.dtype}" if arr.ndim else f"a {kind} ({arr.dtype})"
+
+
 def interpret(value, n_seeds: int) -> tuple[int, int, bool] | None:
-    """(k, n, per_seed) from a predicate's return value; None means 'cannot tell'."""
+    """(k, n, per_seed) from a predicate's return value: a bool, or one bool per seed (Python,
+    numpy or torch); None means "cannot tell" (inconclusive, never a pass). Anything else raises
+    TypeError: a number, NaN or a string must never pass for true."""
+    fix = "return a bool or one bool per seed: a comparison such as r.scalar('x') < 1"
     if value is None:
         return None
-    arr = np.asarray(value)
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise TypeError(f"returned {type(value).__name__}; return a bool or one bool per seed")
+    arr = None if isinstance(value, (str, bytes, dict)) else _array(value)
+    if arr is None or arr.dtype != np.bool_:
+        raise TypeError(f"returned {_described(value)}, not booleans; {fix}")
     if arr.ndim == 0:
         return int(bool(arr)), 1, False
     arr = arr.ravel()
     if len(arr) != n_seeds:
         raise TypeError(f"returned {len(arr)} values for {n_seeds} seeds; return one bool per seed")
     return int(np.count_nonzero(arr)), len(arr), True
+
+
+def numbers_of(value, n_seeds: int) -> np.ndarray:
+    """A quantitative claim's values: one finite-or-NaN float per seed (or one number)."""
+    arr = None if isinstance(value, (str, bytes, dict)) or value is None else _array(value)
+    if arr is None or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise TypeError(f"'value' returned {_described(value) if value is not None else 'None'}; "
+                        "return one number per seed (or one number)")
+    arr = arr.astype(np.float64).ravel()
+    if arr.size not in (1, n_seeds):
+        raise TypeError(f"'value' returned {arr.size} numbers for {n_seeds} seeds; return one per seed")
+    return arr
+
+
+def meets(values: np.ndarray, expect: dict) -> np.ndarray:
+    """Which values meet the expectation (NaN never does)."""
+    with np.errstate(invalid="ignore"):
+        if "approx" in expect:
+            target = float(expect["approx"])
+            tol = abs(target) * float(expect["rel"]) if "rel" in expect else float(expect["abs"])
+            return np.abs(values - target) <= tol
+        if "above" in expect:
+            return values > float(expect["above"])
+        if "below" in expect:
+            return values < float(expect["below"])
+        lo, hi = expect["between"]
+        return (values >= float(lo)) & (values <= float(hi))
+
+
+def expectation(expect: dict) -> str:
+    """The expectation in words: '≈ 2.3 ± 15%', '> 0', 'in [0, 1]'."""
+    from expost.fmt import num
+
+    if "approx" in expect:
+        tol = f"{expect['rel']:.0%}" if "rel" in expect else num(expect["abs"])
+        return f"≈ {num(expect['approx'])} ± {tol}"
+    if "above" in expect:
+        return f"> {num(expect['above'])}"
+    if "below" in expect:
+        return f"< {num(expect['below'])}"
+    lo, hi = expect["between"]
+    return f"in [{num(lo)}, {num(hi)}]"
+
+
+def _value_numbers(values: np.ndarray, expect: dict) -> str:
+    from expost.fmt import num
+
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return f"value: no finite number; expected {expectation(expect)}"
+    spread = f" [{num(float(finite.min()))}, {num(float(finite.max()))}]" if finite.size > 1 else ""
+    return f"value median {num(float(np.median(finite)))}{spread}; expected {expectation(expect)}"
 
 
 def decide(k: int, n: int, per_seed: bool, min_frac: float, missing: int, n_seeds: int) -> str:
@@ -110,8 +190,16 @@ def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int |
         missing = max(0, (planned_seeds or n_seeds) - n_seeds)
         base = dict(experiment=spec.name, claim=claim.text, index=claim.index, group=label,
                     min_frac=claim.min_frac, missing=missing, n_seeds=n_seeds)
+        base["xfail"] = (claim.xfail.get(value, "") if isinstance(claim.xfail, dict) else claim.xfail) or ""
         try:
-            got = interpret(claim.check(group), n_seeds)
+            if claim.value is not None:
+                values = numbers_of(claim.value(group), n_seeds)
+                met = meets(values, claim.expect)
+                got = interpret(met.reshape(()) if values.size == 1 else met, n_seeds)  # one number: one verdict
+                numbers = _value_numbers(values, claim.expect)
+            else:
+                got = interpret(claim.check(group), n_seeds)
+                numbers = _numbers(group, claim.metric)
         except NoRunsError as e:
             verdicts.append(Verdict(**base, verdict=INCONCLUSIVE, k=0, n=n_seeds, per_seed=True,
                                     detail=f"missing runs: {e}"))
@@ -121,13 +209,20 @@ def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int |
                                     detail=f"{type(e).__name__}: {e}"))
             continue
         if got is None:
-            verdicts.append(Verdict(**base, verdict=INCONCLUSIVE, k=0, n=n_seeds, per_seed=True,
-                                    detail="the check returned None"))
+            verdicts.append(Verdict(**base, verdict=INCONCLUSIVE, k=0, n=n_seeds, per_seed=True, numbers=numbers,
+                                    detail="the check returned None: it cannot tell (or a `return` is missing)"))
             continue
         k, n, per_seed = got
         verdicts.append(Verdict(**base, verdict=decide(k, n, per_seed, claim.min_frac, missing, n_seeds),
-                                k=k, n=n, per_seed=per_seed, numbers=_numbers(group, claim.metric)))
+                                k=k, n=n, per_seed=per_seed, numbers=numbers))
     return verdicts
+
+
+def surprises(verdicts: list[Verdict]) -> tuple[list[Verdict], list[Verdict]]:
+    """(unexpected, inconclusive): verdicts that differ from what the experiment expects (a claim
+    that fails, an xfail claim that holds, a check that errs), and those that could not decide."""
+    unexpected = [v for v in verdicts if v.expected is False]
+    return unexpected, [v for v in verdicts if v.expected is None]
 
 
 def evaluate(spec: Spec, rs: ResultSet, planned_seeds: int | None = None) -> list[Verdict]:
@@ -167,7 +262,10 @@ def dry_run(spec: Spec, points_and_configs: list[tuple[dict, dict]]) -> None:
                                 f"of the sweep. Fix: use values from SWEEP/PARAMS")
             groups = selected.group_by(claim.per) if claim.per else {None: selected}
             for group in groups.values():
-                interpret(claim.check(group), len(group.seeds))
+                if claim.value is not None:
+                    meets(numbers_of(claim.value(group), len(group.seeds)), claim.expect)
+                else:
+                    interpret(claim.check(group), len(group.seeds))
         except SpecError:
             raise
         except ResultError as e:

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import importlib.util
 import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from expost.errors import SpecError
 from expost.files import signature
 
 KINDS = ("series", "scalar")
-CLAIM_KEYS = {"claim", "check", "where", "per", "min_frac", "metric"}
+CLAIM_KEYS = {"claim", "check", "value", "expect", "where", "per", "min_frac", "metric", "xfail"}
+EXPECT_KINDS = ("approx", "above", "below", "between")
 SCALAR_TYPES = (bool, int, float, str)
 
 
@@ -55,13 +57,16 @@ class Claim:
     min_frac: float = 1.0
     metric: str | None = None
     index: int = 0
+    value: Callable[[Any], Any] | None = None  # a quantitative claim: per-seed numbers ...
+    expect: dict | None = None  # ... and what each must be: approx (rel/abs), above, below, between
+    xfail: str | dict | None = None  # expected not to hold, and why (per group: {value: why})
 
 
 @dataclass
 class Spec:
     name: str
     path: Path
-    source_hash: str
+    source_hash: str  # the code a run computes with (runs/reach.py): part of every run's cache key
     params: dict
     sweep: list[dict[str, list]]
     seeds: int
@@ -69,6 +74,8 @@ class Spec:
     claims: list[Claim] = field(default_factory=list)
     module: ModuleType | None = None
     batched: bool = False  # defines run_batch(cfg, seeds): many seeds in one vectorised call
+    parts: dict = field(default_factory=dict)  # "module.name" -> digest of each part the key covers
+    file_hash: str = ""  # every byte of the script and its local modules: what a post shows
 
     @property
     def axes(self) -> list[str]:
@@ -204,21 +211,33 @@ def static_inputs(path: Path) -> list[Path]:
 
 def static_record(spec: Spec) -> tuple:
     """load_static's result as plain values (marshal-able), for remembering it across processes."""
-    return (spec.name, spec.source_hash, spec.params, spec.sweep, spec.seeds,
+    return (spec.name, spec.source_hash, spec.file_hash, spec.parts, spec.params, spec.sweep, spec.seeds,
             [(o.name, o.kind, o.description) for o in spec.outputs.values()], spec.batched)
 
 
 def from_static_record(path: Path, record: tuple) -> Spec:
-    name, source, params, sweep, seeds, outputs, batched = record
-    return Spec(name=name, path=Path(path), source_hash=source, params=params, sweep=sweep, seeds=seeds,
-                outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched)
+    name, source, files, parts, params, sweep, seeds, outputs, batched = record
+    return Spec(name=name, path=Path(path), source_hash=source, file_hash=files, parts=parts, params=params,
+                sweep=sweep, seeds=seeds, outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched)
 
 
-def source_hash(path: Path, experiments_dir: Path) -> str:
+def file_hash(path: Path, experiments_dir: Path) -> str:
+    """Hash of every byte of the script and the workspace modules it imports (claims, figures
+    and comments included): what a post shows of the experiment."""
     h = hashlib.sha256()
     for p in sorted(set(local_sources(path, experiments_dir))):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def code_key(path: Path, outputs: dict[str, Output]) -> tuple[str, dict[str, str]]:
+    """(hash, parts) of the code a run computes with (runs/reach.py) and the declared output kinds:
+    a run's identity in the cache. Claims, figures, comments and docstrings are not part of it."""
+    from expost.runs.reach import reached_parts
+
+    parts = reached_parts(path)
+    key = {"code": parts, "outputs": {n: o.kind for n, o in outputs.items()}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), parts
 
 
 def load_static(path: Path) -> Spec:
@@ -254,8 +273,9 @@ def load_static(path: Path) -> Spec:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise _fail(path, "SEEDS", f"{seeds!r} is not a positive integer", "set SEEDS = 10 (or any integer >= 1)")
     outputs = _check_outputs(path, found["OUTPUTS"])
+    code, parts = code_key(path, outputs)
     return Spec(
-        name=path.stem, path=path, source_hash=source_hash(path, path.parent),
+        name=path.stem, path=path, source_hash=code, file_hash=file_hash(path, path.parent), parts=parts,
         params=params, sweep=sweep, seeds=seeds, outputs=outputs, batched=has_batch,
     )
 
@@ -385,9 +405,19 @@ def _check_claims(spec: Spec, raw) -> list[Claim]:
             raise _fail(path, where_, f"unknown key(s) {sorted(unknown)}", f"use only {sorted(CLAIM_KEYS)}")
         if not isinstance(c.get("claim"), str) or not c["claim"].strip():
             raise _fail(path, f"{where_}['claim']", "missing sentence", "add \"claim\": \"what the runs show\"")
-        if not callable(c.get("check")):
+        quantitative = "value" in c or "expect" in c
+        if quantitative:
+            if "check" in c:
+                raise _fail(path, where_, "has both 'check' and 'value'/'expect'",
+                            "keep 'check' (a predicate) or 'value' with 'expect' (a number and its tolerance)")
+            if not callable(c.get("value")):
+                raise _fail(path, f"{where_}['value']", "missing or not callable",
+                            "add \"value\": lambda r: ... returning one number per seed (or one number)")
+            _check_expect(path, f"{where_}['expect']", c.get("expect"))
+        elif not callable(c.get("check")):
             raise _fail(path, f"{where_}['check']", "missing or not callable",
                         "add \"check\": lambda r: ... returning a bool or one bool per seed")
+        xfail = _check_xfail(spec, f"{where_}['xfail']", c.get("xfail"), c.get("per"))
         where = c.get("where", {})
         if not isinstance(where, dict):
             raise _fail(path, f"{where_}['where']", "must be a dict of parameter -> value", 'write "where": {"rank": 1}')
@@ -405,5 +435,53 @@ def _check_claims(spec: Spec, raw) -> list[Claim]:
         if metric is not None and metric not in spec.outputs:
             raise _fail(path, f"{where_}['metric']", f"{metric!r} is not a declared output",
                         f"use one of {', '.join(spec.outputs)}")
-        claims.append(Claim(c["claim"].strip(), c["check"], dict(where), per, float(min_frac), metric, i))
+        claims.append(Claim(c["claim"].strip(), c.get("check"), dict(where), per, float(min_frac), metric, i,
+                            c.get("value"), dict(c["expect"]) if quantitative else None,
+                            xfail))
     return claims
+
+
+def _check_xfail(spec: Spec, where: str, xfail, per: str | None):
+    """A reason (the claim is expected not to hold), or with `per`, {axis value: reason} for the
+    groups expected not to hold."""
+    fix = ('write "xfail": "why this claim is expected not to hold", or with "per", '
+           '{value of the per axis: "why"} for the groups that are expected not to hold')
+    if xfail is None:
+        return None
+    if isinstance(xfail, str):
+        if not xfail.strip():
+            raise _fail(spec.path, where, "an empty reason", fix)
+        return xfail.strip()
+    if not isinstance(xfail, dict) or per is None or not xfail:
+        raise _fail(spec.path, where, f"{xfail!r} is not a reason" + ("" if per else " (a dict needs 'per')"), fix)
+    values = {v for p in spec.points() for k, v in p.items() if k == per}
+    for value, reason in xfail.items():
+        if value not in values:
+            raise _fail(spec.path, where, f"{value!r} is not a value of {per!r} in SWEEP", fix)
+        if not isinstance(reason, str) or not reason.strip():
+            raise _fail(spec.path, where, f"the reason for {value!r} is empty", fix)
+    return {k: v.strip() for k, v in xfail.items()}
+
+
+def _check_expect(path: Path, where: str, expect) -> None:
+    """{"approx": x, "rel": r} or {"approx": x, "abs": a}, {"above": a}, {"below": b}, {"between": [a, b]}."""
+    example = 'write "expect": {"approx": 2.3, "rel": 0.15} (or {"above": 0}, {"below": 1}, {"between": [0, 1]})'
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    if not isinstance(expect, dict):
+        raise _fail(path, where, "missing or not a dict", example)
+    kinds = [k for k in EXPECT_KINDS if k in expect]
+    extra = set(expect) - set(EXPECT_KINDS) - {"rel", "abs"}
+    if len(kinds) != 1 or extra:
+        raise _fail(path, where, f"{expect!r} must have exactly one of {', '.join(EXPECT_KINDS)}", example)
+    kind = kinds[0]
+    if kind == "approx":
+        tol = [k for k in ("rel", "abs") if k in expect]
+        if not number(expect["approx"]) or len(tol) != 1 or not number(expect[tol[0]]) or expect[tol[0]] < 0:
+            raise _fail(path, where, f"{expect!r}: approx needs a number and one of rel or abs (>= 0)", example)
+    elif kind == "between":
+        pair = expect["between"]
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(map(number, pair))
+                or not pair[0] <= pair[1] or {"rel", "abs"} & set(expect)):
+            raise _fail(path, where, f"{expect!r}: between needs [low, high], low first", example)
+    elif not number(expect[kind]) or {"rel", "abs"} & set(expect):
+        raise _fail(path, where, f"{expect!r}: {kind} needs one number", example)
