@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from expost.runs.plan import MAX_RUNS_WITHOUT_CONFIRM
@@ -121,7 +125,7 @@ CASES = [
          experiment(GOOD.replace("SEEDS = 3", "SEEDS = 0"))),
     Case("experiment-syntax-error", ("run", "-q"), 1, [f"bad.py:{RUN_LINE}", "syntax error"], "python bad.py",
          experiment(GOOD.replace("def run(cfg, seed):", "def run(cfg, seed)"))),
-    Case("sweep-over-guard-limit", ("run", "big", "-q"), 1, ["--yes", f"{(MAX_RUNS_WITHOUT_CONFIRM // 5 + 1) * 5} runs"],
+    Case("sweep-over-guard-limit", ("run", "big", "-q"), 1, ["--yes", f"more than {MAX_RUNS_WITHOUT_CONFIRM} runs", f"big: {(MAX_RUNS_WITHOUT_CONFIRM // 5 + 1) * 5}"],
          "pass --yes", big_sweep),
     # -- flags --------------------------------------------------------------------------------------
     Case("set-unknown-key", ("run", "toy", "--set", "lr=0.1"), 1, ["--set", "'lr'", "toy"],
@@ -214,3 +218,24 @@ def test_experiment_named_twice_on_the_command_line_is_not_a_duplicate_file(expo
     r = expost("list", "toy", "toy")
     assert r.exit_code == 0, r.output
     assert len([line for line in r.output.splitlines() if line.startswith("toy\t")]) == 1, r.output
+
+
+@pytest.mark.parametrize("spec_text", [
+    'SEEDS = 100000000',
+    'SWEEP = {' + ", ".join(f'"a{i}": list(range(100))' for i in range(8)) + '}',
+])
+def test_a_huge_plan_is_refused_at_once_in_constant_memory(tmp_path, spec_text):
+    """SEEDS = 10**8 or a 10**16-point sweep: every verb answers in moments with the guard's
+    message, before a single run is built (the timeout only guards against a hang)."""
+    root = tmp_path / "ws"
+    (root / "experiments").mkdir(parents=True)
+    params = "{" + ", ".join(f'"a{i}": 0' for i in range(8)) + "}"
+    sweep = spec_text.replace("list(range(100))", "[" + ", ".join(map(str, range(100))) + "]")
+    (root / "experiments" / "huge.py").write_text(
+        f'PARAMS = {params}\n{sweep}\nOUTPUTS = {{"x": "scalar: x"}}\n\n\ndef run(cfg, seed):\n    return {{"x": 1.0}}\n')
+    env = {**os.environ, "EXPOST_CACHE_DIR": str(tmp_path / "cache")}
+    for args, says in ((["run"], "more than 200000 runs"), (["run", "--yes"], "narrow it with --where"),
+                       (["list"], "more than 200000 runs"), (["check"], "more than 200000 runs")):
+        r = subprocess.run([sys.executable, "-m", "expost", *args], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

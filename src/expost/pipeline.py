@@ -13,7 +13,8 @@ from expost.runs.cache import Cache
 from expost.files import atomic_write_text
 from expost.freshness import StaticSpecs
 from expost.errors import ConfigError, SpecError
-from expost.runs.plan import PlannedRun, coerce, configs, plan, MAX_RUNS_WITHOUT_CONFIRM
+from expost.runs.plan import (MAX_RUNS, MAX_RUNS_WITHOUT_CONFIRM, PlannedRun, coerce, configs, count_at_least,
+                              plan)
 from expost.runs.spec import Spec, discover, load_full
 from expost.layout import Layout
 
@@ -66,6 +67,24 @@ def _overrides(spec: Spec, sel: Selection) -> tuple[dict, dict]:
 
 
 def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> dict[str, list[PlannedRun]]:
+    """Every planned run, keyed. The plan's size is counted first, without building it: over
+    MAX_RUNS_WITHOUT_CONFIRM runs needs confirmation (--yes), over MAX_RUNS is refused."""
+    limit = MAX_RUNS_WITHOUT_CONFIRM if confirm_large else MAX_RUNS
+    sizes = {}
+    for spec in specs:
+        over, where = _overrides(spec, sel)
+        sizes[spec.name] = count_at_least(spec, sel.seeds, over, where, limit - sum(sizes.values()))
+        if sum(sizes.values()) > limit:
+            break
+    total = sum(sizes.values())
+    if total > MAX_RUNS:
+        raise ConfigError(f"this plan has more than {MAX_RUNS} runs ({', '.join(f'{n}: {c}+' for n, c in sizes.items())}); "
+                          "expost holds a plan in memory, so split it: narrow it with --where/--seeds, or "
+                          "shrink SWEEP/SEEDS")
+    if confirm_large and total > MAX_RUNS_WITHOUT_CONFIRM:
+        shown = ", ".join(f"{n}: {c}" for n, c in sizes.items())
+        raise ConfigError(f"this plan has more than {MAX_RUNS_WITHOUT_CONFIRM} runs ({shown}, counted so far). "
+                          "Narrow it with --where/--seeds, or pass --yes to run them all.")
     plans = {}
     for spec in specs:
         over, where = _overrides(spec, sel)
@@ -75,11 +94,6 @@ def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> 
                               f"{spec.name} matches. Sweep points: "
                               + "; ".join(str(p) for p in spec.points()))
         plans[spec.name] = runs
-    total = sum(len(r) for r in plans.values())
-    if confirm_large and total > MAX_RUNS_WITHOUT_CONFIRM:
-        sizes = ", ".join(f"{n}: {len(r)}" for n, r in plans.items())
-        raise ConfigError(f"this plan has {total} runs ({sizes}; more than {MAX_RUNS_WITHOUT_CONFIRM}). "
-                          "Narrow it with --where/--seeds, or pass --yes to run them all.")
     return plans
 
 

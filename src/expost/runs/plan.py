@@ -11,6 +11,8 @@ from expost.runs.spec import Spec, type_fits
 
 # A sweep larger than this needs --yes: a typo in a sweep should not start a week of runs.
 MAX_RUNS_WITHOUT_CONFIRM = 5000
+# Plans are held in memory (about 1 KB a run): larger ones are refused, --yes or not.
+MAX_RUNS = 200_000
 
 
 @dataclass(frozen=True)
@@ -95,22 +97,48 @@ def coerce(spec: Spec, key: str, text: str, flag: str):
     return value
 
 
+def count_at_least(spec: Spec, seeds: int | None, overrides: dict, where: dict, limit: int) -> int:
+    """The number of runs of a plan, counted without building it; once it passes `limit` the
+    count stops there (a sweep of 10**20 points answers at once, in constant memory)."""
+    n = spec.seeds if seeds is None else seeds
+    fixed = {**spec.params, **overrides}
+    if any(k not in spec.axes and fixed.get(k) != v for k, v in where.items()):
+        return 0  # --where on a fixed parameter that does not match: no config
+    biggest = 0
+    for block in spec.sweep or [{}]:
+        size = 1
+        for axis, values in block.items():
+            size *= sum(1 for v in values if axis not in where or v == where[axis]) if axis not in overrides else 1
+        biggest = max(biggest, size)
+    if biggest * n > limit:  # duplicates across blocks cannot bring it below its largest block
+        return biggest * n
+    count = 0
+    for _ in _iter_configs(spec, overrides, where):
+        count += n
+        if count > limit:
+            break
+    return count
+
+
 def configs(spec: Spec, overrides: dict | None = None, where: dict | None = None) -> list[tuple[dict, dict]]:
     """(point, resolved config) for every sweep point, after overrides and selection."""
-    overrides = overrides or {}
-    where = where or {}
-    out = []
+    return list(_iter_configs(spec, overrides or {}, where or {}))
+
+
+def _iter_configs(spec: Spec, overrides: dict, where: dict):
     axes = spec.axes
-    for point in spec.points():
+    seen: set = set()
+    for point in spec.iter_points():
         cfg = {**spec.params, **point, **overrides}
         # A run's identity is its value on every axis (defaults filled in), so that overlapping
         # sweep blocks such as {"rank": [1, 2]} and {"lr": [...]} share their common config.
         point = {a: cfg[a] for a in axes}
         if any(cfg[k] != v for k, v in where.items()):
             continue
-        if (point, cfg) not in out:
-            out.append((point, cfg))
-    return out
+        frozen = repr(sorted(cfg.items()))
+        if frozen not in seen:
+            seen.add(frozen)
+            yield point, cfg
 
 
 def plan(spec: Spec, seeds: int | None = None, overrides: dict | None = None, where: dict | None = None,

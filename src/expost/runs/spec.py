@@ -87,14 +87,18 @@ class Spec:
 
     def points(self) -> list[dict]:
         """Every sweep point (values of the axes), in declaration order, without duplicates."""
-        pts: list[dict] = []
+        return list(self.iter_points())
+
+    def iter_points(self):
+        """The sweep points one at a time (a plan's size is checked before they are all built)."""
+        seen: set = set()
         for block in self.sweep or [{}]:
             keys = list(block)
             for values in itertools.product(*(block[k] for k in keys)):
-                p = dict(zip(keys, values))
-                if p not in pts:
-                    pts.append(p)
-        return pts
+                frozen = tuple((k, repr(v)) for k, v in zip(keys, values))
+                if frozen not in seen:
+                    seen.add(frozen)
+                    yield dict(zip(keys, values))
 
 
 def discover(experiments_dir: Path) -> list[Path]:
