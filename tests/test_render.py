@@ -126,9 +126,11 @@ def test_code_helper_regions_and_methods(tmp_path):
 
 def test_a_failing_figure_function_is_reported_with_its_figure(post_ws):
     head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
-    body = "{{ figure(results('toy'), 'curves', 'curve', by='rate') }}\n{{ figure(results('toy'), 'run') }}\n"
+    body = "{{ figure(results('toy'), 'curves', 'curve', by='rate') }}\n{{ figure(results('toy'), 'broken') }}\n"
     (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n{body}")
-    with pytest.raises(TemplateError, match=r"figure fig2-run\.png: \w+Error"):
+    exp = post_ws / "experiments" / "toy.py"
+    exp.write_text(exp.read_text() + "\n\ndef figure_broken(ax, r):\n    raise ValueError('no data')\n")
+    with pytest.raises(TemplateError, match=r"figure fig2-broken\.png: ValueError: no data"):
         render_post(post_ws, "bad")
 
 

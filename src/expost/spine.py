@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expost.runs.cache import Cache
-from expost.errors import MissingRunsError, PublishError, SpecError
+from expost.errors import MissingRunsError, PublishError, SpecError, WorkspaceError
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
 from expost.pipeline import Selection, load_specs, plan_runs, results, validate
@@ -97,7 +97,7 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     in Built.errors."""
     from expost.runs import claims as claims_mod
     from expost.publish.export import export
-    from expost.posts.render import Inputs, render
+    from expost.posts.render import RENDER_SECONDS, Inputs, render
 
     lacking = missing(ws, pp)
     if lacking:
@@ -114,7 +114,11 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
         seeds[name] = sorted({r.seed for r in runs})
         verdicts[name] = claims_mod.evaluate(full[name], rsets[name], len(seeds[name]))
     inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
-    rendered = render(inputs, ws.templates_dir, out)
+    timeout = ws.settings.get("render_timeout", RENDER_SECONDS)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise WorkspaceError(f"expost.toml: render_timeout = {timeout!r} is not a positive number of seconds; "
+                             f"write render_timeout = {RENDER_SECONDS}")
+    rendered = render(inputs, ws.templates_dir, out, timeout=float(timeout))
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
     from expost.posts.html import post_to_html
 

@@ -6,14 +6,17 @@ render in a sandboxed Jinja environment with StrictUndefined; the helpers below 
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import math
+import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PureWindowsPath
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
@@ -24,11 +27,15 @@ from expost.posts.codeembed import extract
 from expost.errors import ExpostError, TemplateError
 from expost.fmt import num
 from expost.posts.post import SUFFIX, Post, split_front_matter
-from expost.runs.results import ResultSet
+from expost.runs.results import Record, ResultSet
 from expost.runs.spec import Spec
 from expost.runs.stats import compare as paired_compare
 
 LAYOUT = f"layout{SUFFIX}"
+FIGURE_PREFIX = "figure_"  # def figure_NAME(ax, r) in an experiment: figure(r, "NAME") in a template
+RENDER_SECONDS = 60  # a template that loops longer than this is stopped (expost.toml: render_timeout)
+MAX_TEXT = 5_000_000  # characters: one value or the whole post; beyond this a template is refused
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|<(?:function|bound method|built-in function|module) [^>]*>")
 PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the same folder freshness hashes
 
 
@@ -49,14 +56,27 @@ class PostLoader(jinja2.FileSystemLoader):
         if not any(real.is_relative_to(Path(folder).resolve()) for folder in self.searchpath):
             raise TemplateError(f"template {template!r} is a link to {real}, outside templates/; "
                                 "copy the file into templates/ instead of linking to it")
-        if template.endswith(SUFFIX) and not template.startswith("_") and template != LAYOUT:
+        if template.endswith(SUFFIX) and not PurePath(template).name.startswith("_") and template != LAYOUT:
             _, source, _ = split_front_matter(Path(filename), source)
         return source, filename, uptodate
 
 
 class PostSandbox(SandboxedEnvironment):
     """Jinja's sandbox (no '_' attributes, no unsafe callables) that also hides file system access:
-    templates get numbers and text from the helpers, never a path, a module or a file reader."""
+    templates get numbers and text from the helpers, never a path, a module or a file reader.
+    Repeating a string or list past MAX_TEXT, or a power with a huge exponent, is refused."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_TEXT:
+                    raise SecurityError(f"{type(seq).__name__} * {times} would hold {len(seq) * times} items "
+                                        f"(more than {MAX_TEXT})")
+        if operator == "**" and isinstance(right, int) and abs(right) > 10_000 and isinstance(left, int):
+            raise SecurityError(f"an integer power with exponent {right} is too large for a post")
+        return super().call_binop(context, operator, left, right)
 
     def is_safe_attribute(self, obj, attr, value):
         if isinstance(obj, (PurePath, ModuleType)) or isinstance(value, (PurePath, ModuleType)):
@@ -69,7 +89,7 @@ class PostSandbox(SandboxedEnvironment):
 def make_env(templates_dir: Path) -> SandboxedEnvironment:
     loader = PostLoader([str(templates_dir), str(PACKAGE_LAYOUTS)])
     env = PostSandbox(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
-                      keep_trailing_newline=True, trim_blocks=False, lstrip_blocks=False)
+                      keep_trailing_newline=True, trim_blocks=False, lstrip_blocks=False, finalize=_shown)
     env.filters["num"] = num
     return env
 
@@ -315,10 +335,12 @@ class Helpers:
             if extra:
                 raise TemplateError(f"figure(kind={kind!r}): xlim and hline apply to the built-in kinds; "
                                     "a figure function draws its own axes")
-            fn = getattr(spec.module, kind, None)
-            if not callable(fn):
+            name = kind if str(kind).startswith(FIGURE_PREFIX) else f"{FIGURE_PREFIX}{kind}"
+            fn = getattr(spec.module, name, None) if str(kind).isidentifier() and not kind.startswith("_") else None
+            if not isinstance(fn, FunctionType):
                 raise TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
-                                    f"and not a function in {spec.path.name}")
+                                    f"and no figure function `def {name}(ax, r)` in {spec.path.name}; figure "
+                                    f"functions are named {FIGURE_PREFIX}NAME and used as figure(r, \"NAME\")")
             self._draw(figures.custom, path, fn, r)
             what = f"{n} seeds"
         self.figures[rel] = path
@@ -326,6 +348,44 @@ class Helpers:
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _shown(value):
+    """What `{{ ... }}` writes into a post: never a default object repr (a memory address that
+    changes on every rebuild, and means a helper was used wrongly)."""
+    if isinstance(value, (ResultSet, Record)):
+        raise TemplateError(f"the template writes an object into the post: {value!r}; write numbers or text "
+                            "from it instead (stat(r, NAME), seed_table(r, NAME), figure(r, ...))")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = value if isinstance(value, str) else None
+    else:
+        text = str(value)
+    if text is not None and _REPR.search(text):
+        raise TemplateError(f"the template writes an object into the post: {_REPR.search(text).group(0)}; write "
+                            "a number or text instead (e.g. stat(r, NAME), num(x), or r.scalar(NAME) | list)")
+    if text is not None and len(text) > MAX_TEXT:
+        raise TemplateError(f"one value written into the post has {len(text)} characters (more than {MAX_TEXT})")
+    return value
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, what: str):
+    """Stop a template that runs longer than `seconds` (main thread only: signals)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TemplateError(f"{what}: the template ran for more than {seconds:g} s and was stopped (a loop too "
+                            "large?); simplify it, or raise render_timeout in expost.toml")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _finite_number(value):
@@ -359,7 +419,7 @@ def _template_where(tb, filename: str) -> str | None:
     return where
 
 
-def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
+def render(inputs: Inputs, templates_dir: Path, out_dir: Path, timeout: float = RENDER_SECONDS) -> Rendered:
     """Render one post's markdown into out_dir (figures under out_dir/figures)."""
     env = make_env(templates_dir)
     helpers = Helpers(inputs, out_dir / "figures")
@@ -367,10 +427,13 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path) -> Rendered:
     post = inputs.post
     filename = str(post.path)
     try:
-        template = env.get_template(post.path.name)
-        body = template.render()
-        layout = env.get_template(LAYOUT)
-        text = layout.render(post=post, body=body.strip(), repro=_repro(inputs))
+        with _time_limit(timeout, post.path.name):
+            template = env.get_template(post.path.name)
+            body = template.render()
+            layout = env.get_template(LAYOUT)
+            text = layout.render(post=post, body=body.strip(), repro=_repro(inputs))
+        if len(text) > MAX_TEXT:
+            raise TemplateError(f"the post has {len(text)} characters (more than {MAX_TEXT}); shorten it")
     except jinja2.TemplateSyntaxError as e:
         where = Path(e.filename or filename).name
         problem = (e.message or "invalid syntax").rstrip(".")
