@@ -9,8 +9,11 @@ seeds of the rank-1 S-curve, 2 workers, against a hand-written loop), batched (t
 `run_batch`), papermill (the same 10 seeds as one parameterised notebook per seed), overhead
 (logging 1e4 series points plus the cache write, in-process), render (`expost render --force`
 of a post with 6 figures x 10 seeds x 5000 steps), store (peak RSS of storing and plotting 1000
-seeds x 1e5 steps). Times are whole-process wall times, medians over repetitions after a warm-up
-run; expost and its baseline alternate within each repetition so both see the same machine load.
+seeds x 1e5 steps), isolated (the cold row's command against the same command of the last commit
+whose workers were reused across runs), tiny (1000 runs of ~1 ms, 2 workers, against a serial loop
+that saves each result with np.save). Times are whole-process wall times, medians over repetitions
+after a warm-up run; expost and its baseline alternate within each repetition so both see the same
+machine load.
 
 Every workspace and cache lives in one temp dir (EXPOST_CACHE_DIR is always set; dvc's site cache,
 Jupyter's runtime dir and IPython's dir are pointed there too), removed at the end unless --keep.
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
-ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "store")
+ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "store", "isolated", "tiny")
 SCURVES_WHERE = ["--where", "model=factored", "--where", "rank=1", "--where", "init_scale=0.001",
                  "--set", "steps=1000"]
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"]
@@ -661,8 +664,177 @@ def row_store(b: Bench) -> list[Row]:
     return rows
 
 
+# The last commit whose runner kept worker processes, and the global state runs left in them, across
+# runs (a ProcessPoolExecutor of forked workers): the baseline of the `isolated` row.
+REUSED_POOL_COMMIT = "3ca1892"
+
+
+def reused_pool_src(b: Bench) -> Path:
+    """src/ of REUSED_POOL_COMMIT, extracted with `git archive` into the temp dir (the checkout is not
+    touched) and byte-compiled like the current one; a command finds it first with PYTHONPATH."""
+    dest = b.tmp / "reused-pool"
+    if not dest.exists():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", REUSED_POOL_COMMIT, "src/expost"],
+                                 capture_output=True)
+        if archive.returncode != 0:
+            raise BenchError(f"`git archive {REUSED_POOL_COMMIT}` failed (a shallow clone?): "
+                             f"{archive.stderr.decode(errors='replace').strip()}")
+        dest.mkdir()
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(dest / "src" / "expost")], check=True)
+    src = dest / "src"
+    _, p = run_cmd([PYTHON, "-c", "import expost.runs.runner as r; print(r.__file__, hasattr(r, 'make_executor'))"],
+                   {**b.env, "PYTHONPATH": str(src)}, b.tmp)
+    if not p.stdout.startswith(str(src)) or not p.stdout.strip().endswith("True"):
+        raise BenchError(f"PYTHONPATH={src} does not import the reused-worker runner: {p.stdout.strip()}")
+    return src
+
+
+def row_isolated(b: Bench) -> list[Row]:
+    """The cold row's 10 seeds with runs isolated from each other, against the same command of the
+    commit whose workers kept one run's global state for the next."""
+    ws = b.scurves_workspace(batched=False)
+    old = reused_pool_src(b)
+
+    def run(i: int, which: str) -> float:
+        cache = b.tmp / f"cache-isolated-{which}-{i}"
+        env = b.env_with(cache, **({"PYTHONPATH": str(old)} if which == "reused" else {}))
+        wall, p = run_cmd([b.expost, "run", "scurves", *SCURVES_WHERE, "--seeds", "10", "-j", "2", "-q"], env, ws)
+        if "10 ran" not in p.stderr:
+            raise BenchError(f"expected `10 ran` from `expost run`, got: {p.stderr.strip()}")
+        shutil.rmtree(cache, ignore_errors=True)
+        return wall
+
+    r = alternate(b.reps(7), 1, {"isolated": lambda i: run(i, "isolated"), "reused": lambda i: run(i, "reused")})
+    e, base = med(r["isolated"]), med(r["reused"])
+    return [Row("cold run, 10 seeds x 1000 steps, `-j 2`: isolated runs vs reused workers "
+                f"({REUSED_POOL_COMMIT})", fmt_s(e), fmt_s(base), f"{e / base:.2f}x", "<= 1.05x",
+                yes(e / base <= 1.05), reps=r,
+                notes=[f"this tree: {spread(r['isolated'], r.get('isolated warm-up'))}",
+                       f"src/expost of {REUSED_POOL_COMMIT} (`git archive`, first on PYTHONPATH): "
+                       f"{spread(r['reused'], r.get('reused warm-up'))}",
+                       "scurves.py without run_batch, as in the cold row; fresh EXPOST_CACHE_DIR every repetition"])]
+
+
+TINY_EXPERIMENT = '''"""Tiny runs for the per-run overhead benchmark: a two-parameter linear fit by gradient descent,
+about 1 ms a run.
+
+    python experiments/tiny.py
+"""
+
+import torch
+
+PARAMS = {"lr": 0.1, "noise": 0.1, "steps": 40, "n": 64}
+SWEEP = {"lr": [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
+         "noise": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45]}
+SEEDS = 10
+OUTPUTS = {"loss": "series: mean squared error at each step", "final": "scalar: the last loss"}
+
+
+def run(cfg, seed):
+    x = torch.randn(cfg["n"])
+    y = 2 * x + 1 + cfg["noise"] * torch.randn(cfg["n"])
+    w = torch.zeros(2)
+    loss = torch.empty(cfg["steps"])
+    for t in range(cfg["steps"]):
+        err = w[0] * x + w[1] - y
+        loss[t] = (err * err).mean()
+        w -= cfg["lr"] * 2 * torch.stack([(err * x).mean(), err.mean()])
+    return {"loss": loss, "final": float(loss[-1])}
+
+
+if __name__ == "__main__":
+    print(run(PARAMS, 1)["final"])
+'''
+
+# The baseline of the `tiny` row: the same 1000 runs as a serial loop in one process, seeding as
+# expost does and saving each run's result with np.save (the series; its last value is the scalar).
+TINY_LOOP = """
+import random, sys
+from pathlib import Path
+import numpy as np
+import torch
+sys.path.insert(0, sys.argv[1])
+import tiny
+out = Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+for lr in tiny.SWEEP["lr"]:
+    for noise in tiny.SWEEP["noise"]:
+        cfg = {**tiny.PARAMS, "lr": lr, "noise": noise}
+        for seed in range(1, tiny.SEEDS + 1):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            result = tiny.run(cfg, seed)
+            np.save(out / f"lr{lr}-noise{noise}-seed{seed}.npy", np.asarray(result["loss"], dtype=np.float32))
+"""
+
+TINY_TIMING = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+import tiny
+torch.set_num_threads(1)
+cfg = {**tiny.PARAMS}
+for seed in range(50):
+    tiny.run(cfg, seed)
+t = time.perf_counter()
+for seed in range(500):
+    tiny.run(cfg, seed)
+print(json.dumps({"run_s": (time.perf_counter() - t) / 500}))
+"""
+
+
+def row_tiny(b: Bench) -> list[Row]:
+    """Per-run overhead: 1000 runs of about 1 ms, `expost run -j 2` against a serial hand-written loop."""
+    ws = b.tmp / "ws-tiny"
+    (ws / "experiments").mkdir(parents=True)
+    (ws / "templates").mkdir()
+    (ws / "experiments" / "tiny.py").write_text(TINY_EXPERIMENT)
+
+    old = reused_pool_src(b)
+    # Each repetition's cache and output stay until the row ends: ext4 without a journal (as on the
+    # VMs this suite runs on) skips inodes deleted in the last minute (five while their table block
+    # is dirty) when it allocates one, reading a block for each, so deleting thousands of files
+    # between repetitions would slow the next ones' creates, most for the side that creates most.
+    leftovers = []
+
+    def expost(i: int, which: str = "expost") -> float:
+        cache = b.tmp / f"cache-tiny-{which}-{i}"
+        env = b.env_with(cache, **({"PYTHONPATH": str(old)} if which == "reused" else {}))
+        wall, p = run_cmd([b.expost, "run", "tiny", "-j", "2", "-q"], env, ws)
+        if "1000 ran" not in p.stderr:
+            raise BenchError(f"expected `1000 ran` from `expost run`, got: {p.stderr.strip()}")
+        leftovers.append(cache)
+        return wall
+
+    def loop(i: int) -> float:
+        out = b.tmp / f"loop-tiny-{i}"
+        wall, _ = run_cmd([PYTHON, "-c", TINY_LOOP, ws / "experiments", out], b.env_with(b.tmp / "unused-cache"), ROOT)
+        leftovers.append(out)
+        return wall
+
+    try:
+        r = alternate(b.reps(7), 1, {"expost": expost, "loop": loop, "reused": lambda i: expost(i, "reused")})
+    finally:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+    one = json.loads(run_cmd([PYTHON, "-c", TINY_TIMING, ws / "experiments"], b.env, ROOT)[1].stdout)["run_s"]
+    e, base = med(r["expost"]), med(r["loop"])
+    return [Row("1000 runs of ~1 ms (100 configs x 10 seeds), `-j 2`, vs a serial loop saving each with np.save",
+                fmt_s(e), fmt_s(base), f"{e / base:.2f}x", "<= 1.0x", yes(e / base <= 1.0), reps=r,
+                notes=[f"expost run: {spread(r['expost'], r.get('expost warm-up'))}",
+                       f"loop: {spread(r['loop'], r.get('loop warm-up'))}",
+                       f"for comparison, the same command with the reused-worker runner of {REUSED_POOL_COMMIT}: "
+                       f"{spread(r['reused'], r.get('reused warm-up'))} ({med(r['reused']) / base:.2f}x the loop)",
+                       f"one run() in-process, one torch thread: {one * 1000:.2f} ms",
+                       "whole processes on both sides (start-up, torch import, planning included); "
+                       "fresh EXPOST_CACHE_DIR every repetition, all deleted after the row (see row_tiny)"])]
+
+
 ROW_FUNCS = {"noop": row_noop, "cold": row_cold, "batched": row_batched, "papermill": row_papermill,
-             "overhead": row_overhead, "render": row_render, "store": row_store}
+             "overhead": row_overhead, "render": row_render, "store": row_store, "isolated": row_isolated,
+             "tiny": row_tiny}
 
 
 # ------------------------------------------------------------------------------------ report
