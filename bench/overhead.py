@@ -3,7 +3,7 @@
 Runs in one process (so interpreter and import time are not part of either side): the scurves
 training step (rank 1, n=100, full-batch SGD) for STEPS steps, once without any logging and once
 recording the loss with `losses.append(loss.item())` (the common idiom), then converting it with
-`expost.runs.runner.convert_outputs` and writing it with `expost.runs.cache.Cache.write`, the same calls a
+`expost.runs.outputs.convert_outputs` and writing it with `expost.runs.cache.Cache.write`, the same calls a
 worker makes (a third variant records into a preallocated tensor instead, the GPU idiom). The
 variants alternate, REPS times each; prints one JSON line with every timing.
 
@@ -17,7 +17,7 @@ import time
 import torch
 
 from expost.runs.cache import Cache
-from expost.runs.runner import convert_outputs
+from expost.runs.outputs import convert_outputs
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--cache", required=True, help="cache folder (a temp dir)")
@@ -51,7 +51,7 @@ def plain(seed):
 
 
 def store(seed, cache, key, losses, final):
-    """convert_outputs + Cache.write: the calls an expost worker makes with a run's return value."""
+    """convert_outputs + Cache.write: the calls the expost parent makes with a run's return value."""
     scalars, series, nonfinite = convert_outputs({"loss": losses, "final_loss": final},
                                                  {"loss": "series", "final_loss": "scalar"})
     meta = {"experiment": "overhead", "config": {"steps": args.steps}, "point": {}, "seed": seed,

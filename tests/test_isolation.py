@@ -10,7 +10,7 @@ import pytest
 
 from expost import pipeline
 from expost.layout import find_workspace
-from expost.runs import runner
+from expost.runs import runner, worker
 from expost.runs.cache import Cache
 
 from conftest import FIXTURES
@@ -73,7 +73,7 @@ def test_fresh_workers_isolate_too(expost, leaky_ws, tmp_path, monkeypatch):
 
 def test_the_mode_follows_the_measured_cost_of_a_fresh_process():
     pool = runner.LocalPool(2)
-    job = runner.Job("/x/exp.py", "h", {}, (1,))
+    job = worker.Job("/x/exp.py", "h", {}, (1,))
     assert not pool._fresh(job)  # nothing measured yet: reused, fingerprinted workers
     pool.start_cost = 0.01
     pool.timing[job.script] = {"fresh": 1.0, "reused": 0.98}
@@ -88,14 +88,14 @@ def test_the_mode_follows_the_measured_cost_of_a_fresh_process():
 
 
 def test_the_fingerprint_sees_what_a_run_can_change():
-    base = runner.fingerprint()
+    base = worker.fingerprint()
     torch = pytest.importorskip("torch")
     torch.set_default_dtype(torch.float64)
     try:
-        assert runner.changed(base, runner.fingerprint()) == ["torch default dtype"]
+        assert worker.changed(base, worker.fingerprint()) == ["torch default dtype"]
     finally:
         torch.set_default_dtype(torch.float32)
-    assert runner.changed(base, runner.fingerprint()) == []
+    assert worker.changed(base, worker.fingerprint()) == []
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -176,14 +176,14 @@ def test_what_a_library_sets_up_on_import_does_not_retire_the_worker(expost, ws,
 def test_a_bracket_folds_what_changed_inside_it_unless_the_run_changed_it_first(monkeypatch):
     monkeypatch.delenv("BRACKET_A", raising=False)
     monkeypatch.delenv("BRACKET_B", raising=False)
-    base = runner.fingerprint()
-    watch = runner._ImportWatch(base)
+    base = worker.fingerprint()
+    watch = worker._ImportWatch(base)
     import os
     os.environ["BRACKET_A"] = "run"  # the run's own change, before the library loads
     with watch.bracket():
         os.environ["BRACKET_A"] = "library"
         os.environ["BRACKET_B"] = "library"
-    assert runner.changed(base, runner.fingerprint()) == ["os.environ['BRACKET_A']"]
+    assert worker.changed(base, worker.fingerprint()) == ["os.environ['BRACKET_A']"]
 
 
 def _try_key(cache_root, key, answer):
