@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expost import pipeline
+from expost.runs.plan import Selection, load_specs, plan_runs
+from expost.runs.cache import Cache
+from expost.runs.results import from_cache
 from expost.layout import find_workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def cached_results(w, spec, runs):
+    """The cached runs among `runs` as a ResultSet."""
+    return from_cache(Cache(w.cache_dir), spec, runs)
 
 
 @pytest.fixture
@@ -38,13 +45,13 @@ def test_run_batch_is_used_in_fixed_blocks(expost, batch_ws):
 def test_a_missing_seed_reruns_its_whole_block_with_identical_numbers(expost, batch_ws, cache_dir):
     assert expost("run", "toy_batch", "-q", "--where", "rate=0.5").exit_code == 0
     w = find_workspace(batch_ws)
-    spec = pipeline.load_specs(w, ["toy_batch"])[0]
-    runs = pipeline.plan_runs([spec], pipeline.Selection(where={"rate": "0.5"}))["toy_batch"]
-    before = pipeline.results(w, spec, runs).scalar("final")
+    spec = load_specs(w, ["toy_batch"])[0]
+    runs = plan_runs([spec], Selection(where={"rate": "0.5"}))["toy_batch"]
+    before = cached_results(w, spec, runs).scalar("final")
     shutil.rmtree(cache_dir / "runs" / runs[2].key[:2] / runs[2].key)
     r = expost("run", "toy_batch", "-q", "--where", "rate=0.5")
     assert r.ran == ["batch 0.5 1,2,3,4,5,6,7,8,9,10"]
-    assert np.array_equal(pipeline.results(w, spec, runs).scalar("final"), before)
+    assert np.array_equal(cached_results(w, spec, runs).scalar("final"), before)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -94,9 +101,9 @@ def test_expost_run_on_cuda_in_forked_workers(tmp_path, monkeypatch):
         assert r.returncode == 0 and "10 ran, 0 failed" in r.stderr, r.stderr
         w = find_workspace(ws)
         monkeypatch.setenv("EXPOST_CACHE_DIR", environ["EXPOST_CACHE_DIR"])
-        spec = pipeline.load_specs(w, ["scurves"])[0]
-        runs = pipeline.plan_runs([spec], pipeline.Selection(where={"model": "factored", "rank": "1",
+        spec = load_specs(w, ["scurves"])[0]
+        runs = plan_runs([spec], Selection(where={"model": "factored", "rank": "1",
                                                                     "init_scale": "0.001"},
                                                              set={"steps": "300"}, device="cuda"))["scurves"]
-        finals.append(pipeline.results(w, spec, runs).scalar("final_loss"))
+        finals.append(cached_results(w, spec, runs).scalar("final_loss"))
     assert len(finals[0]) == 10 and np.array_equal(finals[0], finals[1])

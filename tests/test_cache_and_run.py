@@ -5,8 +5,15 @@ import re
 
 import numpy as np
 
-from expost import pipeline
+from expost.runs.plan import Selection, load_specs, plan_runs
+from expost.runs.cache import Cache
+from expost.runs.results import from_cache
 from expost.layout import find_workspace
+
+
+def cached_results(w, spec, runs):
+    """The cached runs among `runs` as a ResultSet."""
+    return from_cache(Cache(w.cache_dir), spec, runs)
 
 
 def explain_lines(expost, *args):
@@ -74,9 +81,9 @@ def test_force_reruns(expost):
 
 def _results(ws):
     w = find_workspace(ws)
-    spec = pipeline.load_specs(w, ["toy"])[0]
-    runs = pipeline.plan_runs([spec], pipeline.Selection())["toy"]
-    return pipeline.results(w, spec, runs)
+    spec = load_specs(w, ["toy"])[0]
+    runs = plan_runs([spec], Selection())["toy"]
+    return cached_results(w, spec, runs)
 
 
 def test_parallel_and_serial_give_identical_results(expost, ws, cache_dir, monkeypatch):
@@ -111,9 +118,9 @@ def test_nan_outputs_are_kept_and_flagged(expost, ws):
     assert r.exit_code == 0
     assert "flagged: toy [rate=0.5] seed 2 produced NaN/inf in final" in r.stderr
     w = find_workspace(ws)
-    spec = pipeline.load_specs(w, ["toy"])[0]
-    runs = pipeline.plan_runs([spec], pipeline.Selection(set={"nan_seed": "2"}))["toy"]
-    rs = pipeline.results(w, spec, runs).where(rate=0.5)
+    spec = load_specs(w, ["toy"])[0]
+    runs = plan_runs([spec], Selection(set={"nan_seed": "2"}))["toy"]
+    rs = cached_results(w, spec, runs).where(rate=0.5)
     assert np.isnan(rs.scalar("final")[1])
     assert [rec.seed for rec in rs.nonfinite_runs] == [2]
 
@@ -149,16 +156,16 @@ def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
     from expost.runs import spec as spec_mod
 
     w = find_workspace(ws)
-    first = pipeline.load_specs(w, ["toy", "other"])
+    first = load_specs(w, ["toy", "other"])
     _age((ws / "experiments").glob("*.py"))
-    pipeline.load_specs(w, ["toy", "other"])  # written again now that the files are trusted
+    load_specs(w, ["toy", "other"])  # written again now that the files are trusted
 
     def no_parse(path):
         raise AssertionError(f"{path} was parsed again")
 
     real_load_static = spec_mod.load_static
     monkeypatch.setattr(spec_mod, "load_static", no_parse)
-    again = pipeline.load_specs(w, ["toy", "other"])
+    again = load_specs(w, ["toy", "other"])
     assert [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in again] == \
            [(s.name, s.source_hash, s.params, s.sweep, s.seeds, s.outputs, s.batched) for s in first]
     monkeypatch.setattr(spec_mod, "load_static", real_load_static)
@@ -166,7 +173,7 @@ def test_static_specs_are_remembered_by_file_stats(ws, monkeypatch):
     # an edit is seen at once, even within the same second and with the same size
     path = ws / "experiments" / "toy.py"
     path.write_text(path.read_text().replace('"rate": 0.5,', '"rate": 0.7,'))
-    edited = pipeline.load_specs(w, ["toy"])[0]
+    edited = load_specs(w, ["toy"])[0]
     assert edited.params["rate"] == 0.7 and edited.file_hash != first[0].file_hash
 
 
@@ -178,20 +185,20 @@ def test_a_new_local_module_changes_the_remembered_source_hash(ws):
                "except ImportError:\n    BONUS = 0\n")
     path.write_text(path.read_text().replace("import math\n", guarded, 1).replace("start = 1 +", "start = 1 + BONUS +"))
     _age([path])
-    before = pipeline.load_specs(w, ["toy"])[0].source_hash
-    assert pipeline.load_specs(w, ["toy"])[0].source_hash == before
+    before = load_specs(w, ["toy"])[0].source_hash
+    assert load_specs(w, ["toy"])[0].source_hash == before
     helper = ws / "experiments" / "helper_mod_x.py"
     helper.write_text("X = 1\n")
     _age([helper])  # even an old-looking new file: its presence alone changes the answer
-    after = pipeline.load_specs(w, ["toy"])[0].source_hash
+    after = load_specs(w, ["toy"])[0].source_hash
     assert after != before
     helper.write_text("X = 22\n")
     _age([helper], 5)
-    assert pipeline.load_specs(w, ["toy"])[0].source_hash not in (before, after)
+    assert load_specs(w, ["toy"])[0].source_hash not in (before, after)
 
 
 def test_a_corrupt_static_spec_store_is_ignored(ws, cache_dir):
     w = find_workspace(ws)
-    good = pipeline.load_specs(w, ["toy"])[0].source_hash
+    good = load_specs(w, ["toy"])[0].source_hash
     (cache_dir / "specs.marshal").write_bytes(b"\x00garbage")
-    assert pipeline.load_specs(w, ["toy"])[0].source_hash == good
+    assert load_specs(w, ["toy"])[0].source_hash == good

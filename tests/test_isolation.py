@@ -8,7 +8,9 @@ from multiprocessing import get_context
 
 import pytest
 
-from expost import pipeline
+from expost.runs.plan import Selection, load_specs, plan_runs
+from expost.runs.sweep import make_tasks
+from expost.runs.claims import validate
 from expost.layout import find_workspace
 from expost.runs import runner, worker
 from expost.runs.cache import Cache
@@ -29,8 +31,8 @@ def leaky_ws(ws):
 def cached_scalars(ws, leak: str, seeds: int) -> dict:
     """seed -> scalars, read from the cache that EXPOST_CACHE_DIR names now."""
     w = find_workspace(ws)
-    spec = pipeline.load_specs(w, ["leaky"])[0]
-    runs = pipeline.plan_runs([spec], pipeline.Selection(seeds=seeds, set={"leak": leak}))["leaky"]
+    spec = load_specs(w, ["leaky"])[0]
+    runs = plan_runs([spec], Selection(seeds=seeds, set={"leak": leak}))["leaky"]
     cache = Cache(w.cache_dir)
     return {r.seed: cache.read(r.key).scalars for r in runs}
 
@@ -120,10 +122,10 @@ def test_any_concurrent_futures_executor_runs_the_jobs_and_the_parent_caches(lea
     """The seam for a distributed executor: workers get jobs without the cache folder and return
     results; the parent writes the cache."""
     w = find_workspace(leaky_ws)
-    spec = pipeline.load_specs(w, ["leaky"])[0]
-    full = pipeline.validate(spec, pipeline.Selection())
-    runs = pipeline.plan_runs([spec], pipeline.Selection(set={"leak": ""}))["leaky"]
-    tasks = pipeline.make_tasks(full, runs, Cache(w.cache_dir))
+    spec = load_specs(w, ["leaky"])[0]
+    full = validate(spec, Selection())
+    runs = plan_runs([spec], Selection(set={"leak": ""}))["leaky"]
+    tasks = make_tasks(full, runs, Cache(w.cache_dir))
     assert all("cache" not in repr(t.job()) for t in tasks)
     with ProcessPoolExecutor(2, mp_context=get_context("fork")) as ex:
         outcomes = runner.execute(tasks, 2, executor=ex)
@@ -166,8 +168,8 @@ def test_what_a_library_sets_up_on_import_does_not_retire_the_worker(expost, ws,
     r = expost("run", "uses_library", "-j", "1", "-q")
     assert r.exit_code == 0, r.output
     w = find_workspace(ws)
-    spec = pipeline.load_specs(w, ["uses_library"])[0]
-    runs = pipeline.plan_runs([spec], pipeline.Selection())["uses_library"]
+    spec = load_specs(w, ["uses_library"])[0]
+    runs = plan_runs([spec], Selection())["uses_library"]
     seen = {r.seed: Cache(w.cache_dir).read(r.key).scalars for r in runs}
     assert len({s["pid"] for s in seen.values()}) == 1, seen  # one worker ran them all
     assert [seen[s]["lib_env"] for s in range(1, 5)] == [0, 1, 1, 1]  # as modules stay imported

@@ -31,8 +31,7 @@ def selection_options(f):
                   help="Device for experiments with a 'device' parameter (cpu, cuda, cuda:1).")
     @functools.wraps(f)
     def wrapper(*args, seeds, set_, where, device, **kwargs):
-        from expost.pipeline import Selection
-        from expost.runs.plan import parse_assignments
+        from expost.runs.plan import Selection, parse_assignments
 
         try:
             sel = Selection(seeds=seeds, set=parse_assignments(set_, "--set"),

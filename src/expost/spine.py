@@ -22,7 +22,9 @@ from expost.runs.cache import Cache
 from expost.errors import MissingRunsError, PublishError, SpecError, WorkspaceError
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
-from expost.pipeline import Selection, load_specs, plan_runs, results, validate
+from expost.runs.claims import validate
+from expost.runs.plan import Selection, load_specs, plan_runs
+from expost.runs.results import from_cache
 from expost.runs.plan import PlannedRun
 from expost.posts.post import Post, PostPlan
 from expost.publish.records import image_urls, published_records
@@ -110,7 +112,7 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     for name, spec in pp.specs.items():
         full[name] = validate(spec, sel)
         runs = pp.plans[name]
-        rsets[name] = results(ws, full[name], runs)
+        rsets[name] = from_cache(Cache(ws.cache_dir), full[name], runs)
         seeds[name] = sorted({r.seed for r in runs})
         verdicts[name] = claims_mod.evaluate(full[name], rsets[name], len(seeds[name]))
     inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)

@@ -135,7 +135,7 @@ class Workspace:
     def selection(seeds: int | None = None, set: dict | None = None, where: dict | None = None,
                   device: str = "cpu"):
         """Which runs a verb is about: --seeds, --set KEY=VALUE, --where KEY=VALUE, --device."""
-        from expost.pipeline import Selection
+        from expost.runs.plan import Selection
 
         if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
             raise ConfigError(f"seeds={seeds!r}: give a positive integer")
@@ -144,11 +144,11 @@ class Workspace:
 
     def plan(self, experiments=(), sel=None, *, confirm_large: bool = True) -> tuple[list, dict]:
         """(static specs, {experiment: planned runs}) for the named experiments (all by default)."""
-        from expost import pipeline
+        from expost.runs.plan import load_specs, plan_runs
 
         sel = sel or self.selection()
-        specs = pipeline.load_specs(self.layout, _names(experiments))
-        return specs, pipeline.plan_runs(specs, sel, confirm_large=confirm_large)
+        specs = load_specs(self.layout, _names(experiments))
+        return specs, plan_runs(specs, sel, confirm_large=confirm_large)
 
     def explain(self, experiments=(), sel=None, *, yes: bool = False) -> list[tuple]:
         """(planned run, why it is or is not cached) for every planned run; runs nothing."""
@@ -172,7 +172,7 @@ class Workspace:
         return report
 
     def _execute(self, specs, plans, sel, jobs, force) -> RunReport:
-        from expost import pipeline
+        from expost.runs.sweep import run_all
 
         report = RunReport()
         progress = self.progress
@@ -182,7 +182,7 @@ class Workspace:
             progress.corrupt(list(keys))
 
         t0 = time.perf_counter()
-        outcomes = pipeline.run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
+        outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
                                     progress.finished, progress.started, corrupt)
         report.wall_s = time.perf_counter() - t0
         planned = {r.key for p in plans.values() for r in p}
@@ -198,16 +198,16 @@ class Workspace:
     def check(self, experiments=(), sel=None) -> list:
         """Every claim's verdict on the cached seeds (runs nothing; missing runs make a claim
         inconclusive). The verdicts are remembered for `list`."""
-        from expost import pipeline
+        from expost.runs import claims
 
         sel = sel or self.selection()
         specs, plans = self.plan(experiments, sel, confirm_large=False)
-        return [v for spec in specs for v in pipeline.check(self.layout, spec, plans[spec.name], sel)]
+        return [v for spec in specs for v in claims.check(self.layout, spec, plans[spec.name], sel)]
 
     def list(self, experiments=(), sel=None) -> list[ExperimentSummary]:
         """Each experiment's sweep size, seeds, runs cached of planned, and its last verdicts."""
-        from expost import pipeline
         from expost.runs.cache import Cache
+        from expost.runs.claims import known_verdicts
 
         specs, plans = self.plan(experiments, sel, confirm_large=False)
         cache = Cache(self.layout.cache_dir)
@@ -216,7 +216,7 @@ class Workspace:
             runs = plans[spec.name]
             out.append(ExperimentSummary(spec.name, len({r.point for r in runs}), len({r.seed for r in runs}),
                                          sum(cache.has(r.key) for r in runs), len(runs),
-                                         pipeline.known_verdicts(self.layout, spec)))
+                                         known_verdicts(self.layout, spec)))
         return out
 
     # --- posts ------------------------------------------------------------------------------------

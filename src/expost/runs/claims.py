@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from expost.errors import NoRunsError, ResultError, SpecError
 from expost.runs.results import Record, ResultSet
-from expost.runs.spec import Claim, Spec
+from expost.files import atomic_write_text
+from expost.runs.spec import Claim, Spec, load_full
 
 HOLDS, FAILS, INCONCLUSIVE, ERROR = "holds", "fails", "inconclusive", "error"
 MIN_SEEDS = 3  # fewer seeds than this cannot support or refute a claim
@@ -276,3 +278,37 @@ def dry_run(spec: Spec, points_and_configs: list[tuple[dict, dict]]) -> None:
                             f"outputs. Fix the check so it only uses declared outputs and parameters") from None
 
 
+def validate(spec: Spec, sel) -> Spec:
+    """Full load (import, CLAIMS) plus a dry run of every claim on placeholder results."""
+    from expost.runs.plan import configs, overrides
+
+    full = spec if spec.module is not None else load_full(spec.path)
+    overrides(full, sel)  # type-check --set/--where against the parameters
+    # Claims are a property of the file: dry-run them on the declared sweep, not the selection.
+    dry_run(full, configs(full))
+    return full
+
+
+def check(ws, spec: Spec, runs: list, sel) -> list:
+    """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
+    from expost.runs.cache import Cache
+    from expost.runs.results import from_cache
+
+    full = validate(spec, sel)
+    rs = from_cache(Cache(ws.cache_dir), full, runs)
+    n_planned = len({r.seed for r in runs})
+    verdicts = evaluate(full, rs, n_planned)
+    path = ws.cache.claims(spec.name)
+    atomic_write_text(path, json.dumps({"source": spec.file_hash, "seeds": n_planned,
+                                        "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
+    return verdicts
+
+
+def known_verdicts(ws, spec: Spec) -> list[dict] | None:
+    """Verdicts from the last `check` of this exact source, if any."""
+    path = ws.cache.claims(spec.name)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data["verdicts"] if data.get("source") == spec.file_hash else None

@@ -1,13 +1,15 @@
-"""Plan stage: expand sweeps into configs, apply --set / --where / --seeds, and key every run."""
+"""Plan stage: find the experiments, expand sweeps into configs, apply --set / --where / --seeds,
+and key every run."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from expost.errors import ConfigError
-from expost.freshness import canonical, digest, env_fingerprint, run_key
-from expost.runs.spec import Spec, type_fits
+from expost.errors import ConfigError, SpecError
+from expost.freshness import StaticSpecs, canonical, digest, env_fingerprint, run_key
+from expost.layout import Layout
+from expost.runs.spec import Spec, discover, type_fits
 
 # A sweep larger than this needs --yes: a typo in a sweep should not start a week of runs.
 MAX_RUNS_WITHOUT_CONFIRM = 5000
@@ -164,3 +166,70 @@ def plan(spec: Spec, seeds: int | None = None, overrides: dict | None = None, wh
 def _freeze(d: dict, sort: bool = True) -> tuple:
     items = [(k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()]
     return tuple(sorted(items) if sort else items)
+
+
+@dataclass
+class Selection:
+    """What the user asked for on the command line."""
+
+    names: tuple = ()
+    seeds: int | None = None
+    set: dict = field(default_factory=dict)  # raw strings, coerced per experiment
+    where: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def load_specs(ws: Layout, names=()) -> list[Spec]:
+    """The named experiments' static specs (all of them when no names are given)."""
+    names = tuple(dict.fromkeys(names))  # `expost run toy toy` means toy once
+    paths = discover(ws.experiments_dir)
+    by_name = {p.stem: p for p in paths}
+    for n in names:
+        if n not in by_name:
+            raise SpecError(f"no experiment {n!r} in {ws.rel(ws.experiments_dir)}/. "
+                            f"Available: {', '.join(by_name) or '(none)'}")
+    chosen = [by_name[n] for n in names] if names else paths
+    specs = StaticSpecs(ws).load(chosen)
+    seen = {}
+    for s in specs:
+        if s.name in seen:
+            raise SpecError(f"{s.path.name}: duplicate experiment name {s.name!r}. Rename one of the files.")
+        seen[s.name] = s
+    return specs
+
+
+def overrides(spec: Spec, sel: Selection) -> tuple[dict, dict]:
+    over = {k: coerce(spec, k, v, "--set") for k, v in sel.set.items()}
+    where = {k: coerce(spec, k, v, "--where") for k, v in sel.where.items()}
+    return over, where
+
+
+def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> dict[str, list[PlannedRun]]:
+    """Every planned run, keyed. The plan's size is counted first, without building it: over
+    MAX_RUNS_WITHOUT_CONFIRM runs needs confirmation (--yes), over MAX_RUNS is refused."""
+    limit = MAX_RUNS_WITHOUT_CONFIRM if confirm_large else MAX_RUNS
+    sizes = {}
+    for spec in specs:
+        over, where = overrides(spec, sel)
+        sizes[spec.name] = count_at_least(spec, sel.seeds, over, where, limit - sum(sizes.values()))
+        if sum(sizes.values()) > limit:
+            break
+    total = sum(sizes.values())
+    if total > MAX_RUNS:
+        raise ConfigError(f"this plan has more than {MAX_RUNS} runs ({', '.join(f'{n}: {c}+' for n, c in sizes.items())}); "
+                          "expost holds a plan in memory, so split it: narrow it with --where/--seeds, or "
+                          "shrink SWEEP/SEEDS")
+    if confirm_large and total > MAX_RUNS_WITHOUT_CONFIRM:
+        shown = ", ".join(f"{n}: {c}" for n, c in sizes.items())
+        raise ConfigError(f"this plan has more than {MAX_RUNS_WITHOUT_CONFIRM} runs ({shown}, counted so far). "
+                          "Narrow it with --where/--seeds, or pass --yes to run them all.")
+    plans = {}
+    for spec in specs:
+        over, where = overrides(spec, sel)
+        runs = plan(spec, sel.seeds, over, where, sel.device)
+        if not runs and where:
+            raise ConfigError(f"--where {', '.join(f'{k}={v}' for k, v in sel.where.items())}: no config of "
+                              f"{spec.name} matches. Sweep points: "
+                              + "; ".join(str(p) for p in spec.points()))
+        plans[spec.name] = runs
+    return plans

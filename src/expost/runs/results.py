@@ -155,3 +155,16 @@ class ResultSet:
     @property
     def nonfinite_runs(self) -> list[Record]:
         return [r for r in self.records if r.nonfinite]
+
+
+def from_cache(cache, spec, runs: list) -> "ResultSet":
+    """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
+    records = []
+    for r in runs:
+        entry = cache.read(r.key)
+        if entry is None:
+            continue
+        m = entry.meta
+        records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
+                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len")))
+    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)

@@ -18,7 +18,8 @@ import numpy as np
 
 from expost.runs.cache import Cache
 from expost.errors import PublishError
-from expost.pipeline import make_tasks, validate
+from expost.runs.claims import validate
+from expost.runs.sweep import make_tasks
 from expost.runs.runner import execute
 
 RTOL = 1e-5
