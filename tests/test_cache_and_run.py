@@ -39,7 +39,7 @@ def test_editing_source_reruns_only_that_experiment(expost, ws):
     path = ws / "experiments" / "toy.py"
     path.write_text(path.read_text().replace("0.01 * rng.random()", "0.02 * rng.random()"))  # what run computes
     reasons = explain_lines(expost)
-    assert {r[3] for r in reasons if r[0] == "toy"} == {"source changed"}
+    assert {r[3] for r in reasons if r[0] == "toy"} == {"source changed: `run` changed"}
     assert {r[3] for r in reasons if r[0] == "other"} == {"cached"}
     r = expost("run", "-q")
     assert sorted({line.split()[0] for line in r.ran}) == ["toy"]
@@ -53,7 +53,7 @@ def test_local_module_is_part_of_the_key(expost, ws):
     toy.write_text("import _helper\n" + toy.read_text().replace("start = 1 +", "start = _helper.SCALE +"))
     assert expost("run", "toy", "-q").exit_code == 0
     helper.write_text("SCALE = 2\n")
-    assert {r[3] for r in explain_lines(expost, "toy")} == {"source changed"}
+    assert {r[3] for r in explain_lines(expost, "toy")} == {"source changed: `SCALE` changed"}
 
 
 def test_more_seeds_runs_only_the_new_ones(expost):

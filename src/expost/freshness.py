@@ -160,11 +160,13 @@ class StaticSpecs:
 
 # --- why a run is (not) cached ------------------------------------------------------------------
 
-def explain(cache, runs: list) -> list[tuple]:
-    """(run, why) for each planned run of one experiment: cached, or why it must run."""
+def explain(cache, runs: list, parts: dict | None = None) -> list[tuple]:
+    """(run, why) for each planned run of one experiment: cached, or why it must run. With the
+    experiment's code parts, a changed source names what changed ("source changed: `train`")."""
     if not runs:
         return []
     index = cache.read_index(runs[0].experiment)
+    known_parts = cache.read_parts(runs[0].experiment) if parts else {}
     known_points = {slot.split("|")[0] for slot in index}
     out = []
     for run in runs:
@@ -179,11 +181,25 @@ def explain(cache, runs: list) -> list[tuple]:
             reasons = [label for field_, label in (("source", "source changed"), ("config", "config changed"),
                                                    ("env", "environment changed"))
                        if prev.get(field_) != getattr(run, f"{field_}_hash")]
+            before = known_parts.get(prev.get("source"))
+            if "source changed" in reasons and before is not None:
+                reasons[0] = f"source changed: {code_changes(before, parts)}"
             if not reasons:
                 reasons = ["failed last time" if prev.get("status") == "failed" else "cache entry missing or corrupt"]
             reason = ", ".join(reasons)
         out.append((run, reason))
     return out
+
+
+def code_changes(before: dict, now: dict) -> str:
+    """What differs between two sets of code parts, for people: "`train` changed, `LR` added"."""
+    def name(part: str) -> str:
+        return part.split(".", 1)[1] if "." in part else part
+
+    out = [f"`{name(p)}` changed" for p in now if p in before and before[p] != now[p]]
+    out += [f"`{name(p)}` added" for p in now if p not in before]
+    out += [f"`{name(p)}` removed" for p in before if p not in now]
+    return ", ".join(out) or "the declared output kinds"
 
 
 # --- posts --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     .expost/ (or $EXPOST_CACHE_DIR):
         runs/<key[:2]>/<key>/   one cached run (result.json and float32 .npy series)
         index/<experiment>.json the last key per (sweep point, seed): powers --explain
+        index/<experiment>.parts.json  the code parts of recent keys: --explain names what changed
         logs/<experiment>/      output and traceback of failed runs
         claims/<experiment>.json the last verdicts of `expost check`
         renders/<post>.json     the stamp of a post's last render
@@ -35,6 +36,10 @@ class CacheLayout:
 
     def index(self, experiment: str) -> Path:
         return self.root / "index" / f"{experiment}.json"
+
+    def index_parts(self, experiment: str) -> Path:
+        """The parts of the code key (runs/reach.py) of recent source hashes: names what changed."""
+        return self.root / "index" / f"{experiment}.parts.json"
 
     def log(self, experiment: str, label: str, seed: int) -> Path:
         safe = "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in label)[:120]

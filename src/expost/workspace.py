@@ -157,7 +157,7 @@ class Workspace:
 
         specs, plans = self.plan(experiments, sel, confirm_large=not yes)
         cache = Cache(self.layout.cache_dir)
-        return [pair for spec in specs for pair in explain(cache, plans[spec.name])]
+        return [pair for spec in specs for pair in explain(cache, plans[spec.name], spec.parts)]
 
     # --- run, check, list -------------------------------------------------------------------------
 

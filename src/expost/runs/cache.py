@@ -140,6 +140,21 @@ class Cache:
         except (FileNotFoundError, ValueError):
             return {}
 
+    def read_parts(self, experiment: str) -> dict:
+        """source hash -> {part: digest} for this experiment's recent sources."""
+        try:
+            data = json.loads(self.paths.index_parts(experiment).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def update_parts(self, experiment: str, source: str, parts: dict, keep: int = 20) -> None:
+        known = self.read_parts(experiment)
+        known.pop(source, None)
+        known[source] = parts
+        recent = dict(list(known.items())[-keep:])
+        atomic_write_text(self.paths.index_parts(experiment), json.dumps(recent, indent=0))
+
     def update_index(self, experiment: str, records: dict) -> None:
         index = self.read_index(experiment)
         index.update(records)

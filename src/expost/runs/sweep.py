@@ -52,7 +52,7 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
     try:
         execute(tasks, jobs, done, sel.device)
     finally:
-        _record(cache, outcomes)
+        _record(cache, outcomes, {s.name: s for s in specs})
     return outcomes
 
 
@@ -76,7 +76,8 @@ def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache) -> list:
     return tasks
 
 
-def _record(cache: Cache, outcomes: list) -> None:
+def _record(cache: Cache, outcomes: list, specs: dict) -> None:
+    """Remember each slot's last key (and the code parts behind it) for --explain."""
     by_exp: dict[str, dict] = {}
     for o in outcomes:
         r = o.run
@@ -85,3 +86,5 @@ def _record(cache: Cache, outcomes: list) -> None:
             "status": "ok" if o.ok else "failed"}
     for exp, records in by_exp.items():
         cache.update_index(exp, records)
+        if exp in specs and specs[exp].parts:
+            cache.update_parts(exp, specs[exp].source_hash, specs[exp].parts)
