@@ -74,15 +74,16 @@ def test_render_after_template_edit_only_rerenders(post_ws):
     assert "An added sentence." in (post_ws / "publish" / "tiny" / "post.md").read_text()
 
 
-def test_noop_build_imports_neither_torch_nor_matplotlib(post_ws):
+def test_noop_build_imports_neither_torch_nor_matplotlib_nor_numpy(post_ws):
     assert invoke("build", "-q").exit_code == 0
     probe = ("import sys\nfrom expost.cli import cli\n"
              "try:\n    cli.main(['build'], standalone_mode=False)\n"
-             "finally:\n    print('IMPORTED', 'torch' in sys.modules, 'matplotlib' in sys.modules)\n")
+             "finally:\n    print('IMPORTED', 'torch' in sys.modules, 'matplotlib' in sys.modules, 'numpy' in sys.modules,"
+             " 'jinja2' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", probe], cwd=post_ws, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "tiny: up to date" in r.stdout
-    assert "IMPORTED False False" in r.stdout
+    assert "IMPORTED False False False False" in r.stdout  # nor numpy, nor jinja2
 
 
 def test_built_html_renders_in_a_real_browser(post_ws, tmp_path):

@@ -22,9 +22,7 @@ from expost.runs.cache import Cache
 from expost.errors import MissingRunsError, PublishError, SpecError, WorkspaceError
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
-from expost.runs.claims import validate
 from expost.runs.plan import Selection, load_specs, plan_runs
-from expost.runs.results import from_cache
 from expost.runs.plan import PlannedRun
 from expost.posts.post import Post, PostPlan
 from expost.publish.records import image_urls, published_records
@@ -98,6 +96,8 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     A claim whose check raised or returned no booleans is shown as such in the post and listed
     in Built.errors."""
     from expost.runs import claims as claims_mod
+    from expost.runs.claims import validate
+    from expost.runs.results import from_cache
     from expost.publish.export import export
     from expost.posts.render import RENDER_SECONDS, Inputs, render
 
