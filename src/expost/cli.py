@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from expost import __version__
-from expost.errors import ExpostError
+from expost.errors import ExpostError, Terminated
 from expost.workspace import Progress, Workspace
 
 EPILOG = ("Exit codes: 0 success; 1 a claim's verdict was not the expected one, a run failed or an input was "
@@ -43,8 +44,10 @@ def selection_options(f):
 
 
 def run_options(f):
-    """-j/--jobs, --quiet, --force, --yes."""
+    """-j/--jobs, --quiet, --force, --yes, --timeout."""
     for option in reversed((
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+                     help="Stop a run that takes longer (default: the experiment's TIMEOUT, else none)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Parallel worker processes (default: number of cores)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
@@ -114,9 +117,14 @@ def workspace_of(ctx, quiet: bool = True) -> tuple[Workspace, ProgressBar]:
 
 @contextlib.contextmanager
 def interruptible(bar: ProgressBar):
-    """Ctrl-C: one line and exit 130 (completed runs are cached as they finish)."""
+    """Ctrl-C: one line and exit 130; SIGTERM: one line and exit 143 (completed runs are cached as
+    they finish; workers and the processes runs started are ended)."""
     try:
         yield
+    except Terminated:
+        bar.close()
+        click.echo("terminated: completed runs are cached; run the same command again to finish.", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         bar.close()
         click.echo("interrupted: completed runs are cached; run the same command again to finish.", err=True)
@@ -154,7 +162,7 @@ def run_and_print(bar: ProgressBar, call):
 @run_options
 @click.option("--explain", is_flag=True, help="Print for each planned run whether it is cached and why not; run nothing.")
 @click.pass_context
-def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
+def run(ctx, experiments, sel, jobs, quiet, force, yes, timeout, explain):
     """Run experiments over seeds; only runs not in the cache execute.
 
     \b
@@ -169,7 +177,7 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, explain):
         for r, reason in ws.explain(experiments, sel, yes=yes):
             click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{'rerun (--force)' if force else reason}")
         return
-    print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes)))
+    print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes, timeout=timeout)))
 
 
 def _verdict_table(verdicts) -> list[str]:
@@ -294,7 +302,7 @@ def fail_on_claim_errors(posts) -> None:
               help="Render into a scratch folder and exit 1 if publish/ differs (is publish/ up to date?).")
 @click.option("--allow-secrets", is_flag=True, help="Skip the refusal when the secret scan finds something.")
 @click.pass_context
-def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
+def build(ctx, posts, sel, jobs, quiet, force, yes, timeout, check, allow_secrets):
     """Run what is missing, check claims, render and export posts into publish/NAME/.
 
     With nothing changed it only compares hashes: no experiment is imported, no figure drawn.
@@ -309,7 +317,7 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, check, allow_secrets):
         expost build --check         # in CI: is publish/ up to date?
     """
     ws, bar = workspace_of(ctx, quiet)
-    report = run_and_print(bar, lambda: ws.build(posts, sel, jobs=jobs, force=force, yes=yes, check=check,
+    report = run_and_print(bar, lambda: ws.build(posts, sel, jobs=jobs, force=force, yes=yes, timeout=timeout, check=check,
                                                  allow_secrets=allow_secrets))
     if report.runs is not None:
         print_runs(report.runs)
@@ -462,7 +470,12 @@ def new_post(ctx, name, experiment):
 
 
 def main():
-    """The `expost` console script."""
+    """The `expost` console script. SIGTERM stops it as Ctrl-C does (exit 143)."""
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
     cli(prog_name="expost")
 
 

@@ -1,6 +1,10 @@
 """Domain errors. Library code raises these; the CLI turns them into one message and exit 1."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the command stops as on Ctrl-C (workers ended, completed runs cached), exit 143."""
+
+
 class ExpostError(Exception):
     """Base class: a problem the user can fix. The message names the file/field/flag and the fix."""
 

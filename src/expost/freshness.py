@@ -116,7 +116,7 @@ class StaticSpecs:
     decides it, so a no-op build parses and hashes no source (a file git's rules cannot vouch for
     is read again)."""
 
-    VERSION = 3
+    VERSION = 4
 
     def __init__(self, ws: Layout):
         self.path = ws.cache.specs_store

@@ -162,16 +162,16 @@ class Workspace:
     # --- run, check, list -------------------------------------------------------------------------
 
     def run(self, experiments=(), sel=None, *, jobs: int | None = None, force: bool = False,
-            yes: bool = False) -> RunReport:
+            yes: bool = False, timeout: float | None = None) -> RunReport:
         """Run every planned run not in the cache. Raises RunFailures (after caching every other
         run) when a run failed; KeyboardInterrupt leaves every completed run cached."""
         sel = sel or self.selection()
         specs, plans = self.plan(experiments, sel, confirm_large=not yes)
-        report = self._execute(specs, plans, sel, jobs, force)
+        report = self._execute(specs, plans, sel, jobs, force, timeout)
         report.raise_for_failures()
         return report
 
-    def _execute(self, specs, plans, sel, jobs, force) -> RunReport:
+    def _execute(self, specs, plans, sel, jobs, force, timeout=None) -> RunReport:
         from expost.runs.sweep import run_all
 
         report = RunReport()
@@ -183,7 +183,7 @@ class Workspace:
 
         t0 = time.perf_counter()
         outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
-                                    progress.finished, progress.started, corrupt)
+                           progress.finished, progress.started, corrupt, timeout)
         report.wall_s = time.perf_counter() - t0
         planned = {r.key for p in plans.values() for r in p}
         done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
@@ -231,7 +231,7 @@ class Workspace:
                 for p in find_posts(self.layout.templates_dir, _names(names))]
 
     def build(self, posts=(), sel=None, *, jobs: int | None = None, force: bool = False, yes: bool = False,
-              check: bool = False, allow_secrets: bool = False) -> BuildReport:
+              check: bool = False, allow_secrets: bool = False, timeout: float | None = None) -> BuildReport:
         """Run what the posts need, check claims, render and export into publish/NAME/.
 
         Posts whose inputs did not change are left alone (no experiment imported, no figure
@@ -252,7 +252,7 @@ class Workspace:
         if not todo:
             return report
         specs, plans = spine.union_of_runs(todo)
-        report.runs = self._execute(specs, plans, sel, jobs, force)
+        report.runs = self._execute(specs, plans, sel, jobs, force, timeout)
         report.runs.raise_for_failures()
         for pp in todo:
             out = self.layout.post_dir(pp.post.name)

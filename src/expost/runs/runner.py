@@ -83,6 +83,7 @@ class Task:
     outputs: dict  # name -> "series" | "scalar"
     cache_root: str
     log: str
+    timeout: float | None = None  # seconds
 
     @property
     def runs(self) -> tuple:
@@ -93,7 +94,7 @@ class Task:
         return (self.log,)
 
     def job(self) -> Job:
-        return Job(self.script, self.run.source_hash, self.run.cfg, (self.run.seed,))
+        return Job(self.script, self.run.source_hash, self.run.cfg, (self.run.seed,), timeout=self.timeout)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,11 @@ class BatchTask:
     outputs: dict
     cache_root: str
     logs: tuple
+    timeout: float | None = None  # seconds per seed: the block may take len(runs) times as long
 
     def job(self) -> Job:
-        return Job(self.script, self.runs[0].source_hash, self.runs[0].cfg, tuple(r.seed for r in self.runs), True)
+        return Job(self.script, self.runs[0].source_hash, self.runs[0].cfg, tuple(r.seed for r in self.runs), True,
+                   self.timeout * len(self.runs) if self.timeout else None)
 
 
 # An experiment with run_batch always runs in fixed blocks of seeds (1-10, 11-20, ...): a seed's
@@ -195,6 +198,19 @@ class _Worker:
     queue: deque = field(default_factory=deque)  # (handle, job) sent to it and not answered yet
     last: bool = False  # a fresh worker: exits after its job
     runs: int = 0
+    since: float = 0.0  # when the job at the head of its queue started (about: when the one before ended)
+    timed_out: float | None = None  # it was ended because its job ran longer than this many seconds
+
+    def deadline(self) -> float | None:
+        timeout = self.queue[0][1].timeout if self.queue else None
+        return self.since + timeout if timeout else None
+
+    def end(self) -> None:
+        """Kill it and every process its runs started (its process group)."""
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.kill()
 
 
 def start_method(device: str) -> str:
@@ -245,6 +261,8 @@ class LocalPool:
             self.pending.popleft()
             try:
                 worker.conn.send((job, worker.last))
+                if not worker.queue:
+                    worker.since = time.monotonic()
                 worker.queue.append((handle, job))
             except OSError:  # it died
                 self.pending.appendleft((handle, job))
@@ -273,7 +291,7 @@ class LocalPool:
 
     def _start(self) -> _Worker:
         parent_end, child_end = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker, args=(child_end, self.threads, "torch" in sys.modules),
+        proc = self.ctx.Process(target=_worker, args=(child_end, self.threads, "torch" in sys.modules, os.getpid()),
                                 name="expost-worker")
         self.procs = [p for p in self.procs if p.exitcode is None]  # reap those that exited
         # SIGINT stays blocked until the worker has set it to be ignored: a Ctrl-C during the fork
@@ -311,9 +329,20 @@ class LocalPool:
             self._dispatch()
             return []
         done = []
+        deadlines = [d for d in (w.deadline() for w in self.workers) if d is not None]
+        if deadlines:
+            left = max(0.0, min(deadlines) - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         ready = multiprocessing.connection.wait(list(objs), timeout)
         for w in dict.fromkeys(objs[o] for o in ready):
             done += self._collect(w, exited=w.proc.sentinel in ready)
+        now = time.monotonic()
+        for w in list(self.workers):
+            deadline = w.deadline()
+            if deadline is not None and now >= deadline and w.queue and not w.conn.poll():
+                w.timed_out = w.queue[0][1].timeout
+                w.end()
+                done += self._collect(w, exited=True)
         self._dispatch()
         return done
 
@@ -326,6 +355,7 @@ class LocalPool:
                     self.start_cost = msg - w.started
                     continue
                 handle, job = w.queue.popleft()
+                w.since = time.monotonic()
                 done.append((handle, msg))
                 w.runs += 1
                 if msg.error is None:
@@ -337,17 +367,21 @@ class LocalPool:
                 return done  # idle, or still running
         except (EOFError, OSError):
             pass
-        # it died running the job at the head of its queue
+        # it died running the job at the head of its queue (or was ended for running too long)
         w.proc.join(1)
         if w.proc.exitcode is None:
-            w.proc.kill()
+            w.end()
             w.proc.join(1)
         code = w.proc.exitcode
         how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 and -code in signal.valid_signals()
                else f"exit status {code}")
         handle, _job = w.queue.popleft()
-        done.append((handle, JobResult(None, f"the worker process died while running it ({how}: a crash in the "
-                                             "experiment, os._exit, or out of memory)", crashed=True)))
+        if w.timed_out:
+            error = (f"timed out: still running after {w.timed_out:g} s, so it was stopped with the processes it "
+                     "started (raise TIMEOUT in the experiment or pass --timeout)")
+        else:
+            error = f"the worker process died while running it ({how}: a crash in the experiment, os._exit, or out of memory)"
+        done.append((handle, JobResult(None, error, crashed=True)))
         self._retire(w)
         return done
 
@@ -364,6 +398,8 @@ class LocalPool:
 
     def kill(self) -> None:
         for p in self.procs:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)  # the worker and the processes its run started
             with contextlib.suppress(Exception):
                 p.kill()
         for p in self.procs:
@@ -372,8 +408,7 @@ class LocalPool:
     def close(self) -> None:
         for w in list(self.workers):
             if w.queue:  # only after an error: nothing waits for it
-                with contextlib.suppress(Exception):
-                    w.proc.kill()
+                w.end()
             self._retire(w)
         self.pending.clear()
         for p in self.procs:

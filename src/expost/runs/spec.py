@@ -76,6 +76,7 @@ class Spec:
     batched: bool = False  # defines run_batch(cfg, seeds): many seeds in one vectorised call
     parts: dict = field(default_factory=dict)  # "module.name" -> digest of each part the key covers
     file_hash: str = ""  # every byte of the script and its local modules: what a post shows
+    timeout: float | None = None  # TIMEOUT: seconds a run may take before it is stopped
 
     @property
     def axes(self) -> list[str]:
@@ -216,13 +217,14 @@ def static_inputs(path: Path) -> list[Path]:
 def static_record(spec: Spec) -> tuple:
     """load_static's result as plain values (marshal-able), for remembering it across processes."""
     return (spec.name, spec.source_hash, spec.file_hash, spec.parts, spec.params, spec.sweep, spec.seeds,
-            [(o.name, o.kind, o.description) for o in spec.outputs.values()], spec.batched)
+            [(o.name, o.kind, o.description) for o in spec.outputs.values()], spec.batched, spec.timeout)
 
 
 def from_static_record(path: Path, record: tuple) -> Spec:
-    name, source, files, parts, params, sweep, seeds, outputs, batched = record
+    name, source, files, parts, params, sweep, seeds, outputs, batched, timeout = record
     return Spec(name=name, path=Path(path), source_hash=source, file_hash=files, parts=parts, params=params,
-                sweep=sweep, seeds=seeds, outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched)
+                sweep=sweep, seeds=seeds, outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched,
+                timeout=timeout)
 
 
 def file_hash(path: Path, experiments_dir: Path) -> str:
@@ -258,7 +260,7 @@ def load_static(path: Path) -> Spec:
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             key = node.targets[0].id
-            if key in ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS"):
+            if key in ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT"):
                 _no_duplicate_keys(path, node.value, key)
                 found[key] = _literal(path, node.value, key)
         elif isinstance(node, ast.FunctionDef) and node.name == "run":
@@ -277,10 +279,15 @@ def load_static(path: Path) -> Spec:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise _fail(path, "SEEDS", f"{seeds!r} is not a positive integer", "set SEEDS = 10 (or any integer >= 1)")
     outputs = _check_outputs(path, found["OUTPUTS"])
+    timeout = found.get("TIMEOUT")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0):
+        raise _fail(path, "TIMEOUT", f"{timeout!r} is not a positive number of seconds",
+                    "set TIMEOUT = 600 (seconds a run may take before it is stopped), or remove it")
     code, parts = code_key(path, outputs)
     return Spec(
         name=path.stem, path=path, source_hash=code, file_hash=file_hash(path, path.parent), parts=parts,
         params=params, sweep=sweep, seeds=seeds, outputs=outputs, batched=has_batch,
+        timeout=float(timeout) if timeout is not None else None,
     )
 
 

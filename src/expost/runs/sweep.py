@@ -22,7 +22,7 @@ def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> l
 def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
             force: bool = False, on_done: Callable[[object], None] | None = None,
             on_start: Callable[[int], None] | None = None,
-            on_corrupt: Callable[[list], None] | None = None) -> list:
+            on_corrupt: Callable[[list], None] | None = None, timeout: float | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
     from expost.runs.runner import execute
 
@@ -39,7 +39,7 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
     for spec in specs:
         if todo[spec.name]:
             full = validate(spec, sel)  # raises before any run starts
-            tasks += make_tasks(full, todo[spec.name], cache)
+            tasks += make_tasks(full, todo[spec.name], cache, timeout or full.timeout)
     if on_start:
         on_start(sum(len(getattr(t, "runs", (None,))) for t in tasks))
     outcomes: list = []
@@ -56,7 +56,7 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
     return outcomes
 
 
-def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache) -> list:
+def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache, timeout: float | None = None) -> list:
     """One task per run; for an experiment with run_batch, one task per fixed block of seeds
     (a whole block reruns when any of its seeds is missing, so numbers never depend on history)."""
     from expost.runs.plan import with_seed
@@ -65,14 +65,15 @@ def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache) -> list:
     outputs = {n: o.kind for n, o in full.outputs.items()}
     log = lambda r: str(cache.log_path(r.experiment, r.label, r.seed))
     if not full.batched:
-        return [Task(r, str(full.path), outputs, str(cache.root), log(r)) for r in runs]
+        return [Task(r, str(full.path), outputs, str(cache.root), log(r), timeout) for r in runs]
     blocks: dict = {}
     for r in runs:
         blocks.setdefault((r.config, (r.seed - 1) // BATCH_BLOCK), r)
     tasks = []
     for (_, block), r in blocks.items():
         members = tuple(with_seed(r, s) for s in range(block * BATCH_BLOCK + 1, (block + 1) * BATCH_BLOCK + 1))
-        tasks.append(BatchTask(members, str(full.path), outputs, str(cache.root), tuple(log(m) for m in members)))
+        tasks.append(BatchTask(members, str(full.path), outputs, str(cache.root), tuple(log(m) for m in members),
+                               timeout))
     return tasks
 
 

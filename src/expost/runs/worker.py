@@ -36,6 +36,7 @@ class Job:
     cfg: dict
     seeds: tuple
     batched: bool = False
+    timeout: float | None = None  # seconds, for the whole job; the parent ends a job that runs longer
 
 
 @dataclass
@@ -337,11 +338,73 @@ class _Watched:
 # ------------------------------------------------------------------------------ local workers
 
 
-def _worker(conn, threads: int | None, import_torch: bool) -> None:
+# ------------------------------------------------------------------------------ process hygiene
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux prctl(2); elsewhere nothing (the parent's kill() still ends its workers)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _own_group_that_dies_with(parent: int) -> None:
+    """A worker is the leader of its own process group, which the runs' subprocesses join; it is
+    told (SIGTERM) when its parent dies, even by kill -9, and then takes the whole group down; and
+    it adopts its orphaned descendants, so that after a run it can end what the run left behind."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, lambda *_: _end_group())
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        _end_group()
+
+
+def _end_group() -> None:
+    end_descendants()
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    os._exit(143)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def end_descendants() -> int:
+    """Kill every process this one started that is still there (orphans are adopted by it, so
+    killing its children until none are left ends them all); returns how many were ended."""
+    ended = 0
+    for _ in range(100):
+        children = _children()
+        if not children:
+            break
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                ended += 1
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    return ended
+
+
+def _worker(conn, threads: int | None, import_torch: bool, parent: int | None = None) -> None:
     """A worker process: run jobs until told to stop, its fresh run is done, or a run changed its
     global state."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if parent is not None:
+        _own_group_that_dies_with(parent)
     if threads:
         for var in THREAD_VARS:
             os.environ[var] = str(threads)
@@ -380,6 +443,9 @@ def _worker(conn, threads: int | None, import_torch: bool) -> None:
             result = run_job(job)
         finally:
             watch.active = False
+        ended = end_descendants()  # what the run started and left running dies with it
+        if ended:
+            result.output += f"\n[expost: ended {ended} process(es) the run left running]\n"
         result.load += prepared
         result.changed = tuple(changed(base, fingerprint()))
         try:
