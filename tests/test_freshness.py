@@ -2,7 +2,6 @@
 "up to date" for a post that `build --check` calls out of date. Real files, real stats."""
 
 import os
-import sys
 import time
 
 import pytest

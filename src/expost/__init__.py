@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # Bumped whenever the on-disk result format changes; part of every cache key.
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2  # 2: result.json carries record_sha256 (scalars checksummed), optional outputs
 
 from expost.workspace import BuildReport, PostResult, Progress, RunReport, Workspace  # noqa: E402  (the front door)
 

@@ -50,6 +50,19 @@ class RunFailures(ExpostError):
         super().__init__("\n".join(lines))
 
 
+class DiskError(WorkspaceError):
+    """A write failed for lack of space or permission: names the folder and what to do."""
+
+    @classmethod
+    def writing(cls, e: OSError, folder, what: str) -> "DiskError":
+        fix = {"No space left on device": "free some space (or set EXPOST_CACHE_DIR to a disk with room)",
+               "Disk quota exceeded": "free some space within your quota",
+               "Read-only file system": "point EXPOST_CACHE_DIR at a writable folder"}.get(
+            e.strerror or "", "check the folder's permissions")
+        return cls(f"cannot write {what} in {folder} ({e.strerror}); {fix}. Nothing was left half-written; "
+                   "completed runs are cached.")
+
+
 class TemplateError(ExpostError):
     """A post template is invalid: names the template file and line."""
 

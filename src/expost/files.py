@@ -4,6 +4,7 @@ signature that decides when a file must be read again (git's index rules)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -32,6 +33,14 @@ def trusted(sig: tuple | None, recorded: tuple | None, written_ns: int) -> bool:
     if sig != recorded:
         return False
     return sig is None or sig[1] <= written_ns - RACY_NS
+
+
+# Errors of the disk rather than of the code: they end a command with one line, never a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def disk_problem(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
 
 
 def sha256_file(path: Path) -> str:

@@ -15,6 +15,7 @@ Nothing here imports torch, numpy, jinja2 or matplotlib: a no-op build runs all 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -305,9 +306,12 @@ class PostStamp:
         return stamp if isinstance(stamp, dict) else None
 
     def write(self, key: str, git: dict, head: str | None) -> None:
+        """Remember the render; with a read-only or full cache the post is only re-rendered next time."""
         written = time.time_ns()
-        atomic_write_text(self.path, json.dumps({"key": key, "written": written, "files": tree_hashes(self.out),
-                                                 "stats": tree_stats(self.out), "head": head, "git": git}, indent=1))
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.path, json.dumps({"key": key, "written": written, "files": tree_hashes(self.out),
+                                                     "stats": tree_stats(self.out), "head": head, "git": git},
+                                                    indent=1))
 
     def fresh(self, key: str, git_now) -> bool:
         """Same key as the last render, publish/NAME still holds exactly what it wrote, and the

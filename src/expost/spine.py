@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expost.runs.cache import Cache
-from expost.errors import MissingRunsError, PublishError, SpecError, WorkspaceError
+from expost.errors import DiskError, MissingRunsError, PublishError, SpecError, WorkspaceError
+from expost.files import disk_problem
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
 from expost.runs.plan import Selection, load_specs, plan_runs
@@ -141,10 +142,18 @@ def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
     key = render_key(ws, pp, command)
     if not force and up_to_date(ws, pp, key):
         return Built("up to date")
-    with Cache(ws.cache_dir).lock(f"post-{pp.post.name}"):  # one writer of publish/NAME/ at a time
+    try:
+        lock = Cache(ws.cache_dir).lock(f"post-{pp.post.name}")  # one writer of publish/NAME/ at a time
+        lock.__enter__()
+    except OSError:  # a read-only cache: no lock to take, so render unguarded
+        lock = None
+    try:
         if not force and up_to_date(ws, pp, key):  # another build did it while this one waited
             return Built("up to date")
         return _build_locked(ws, pp, sel, command, key, allow_secrets)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
 def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: str,
@@ -157,6 +166,11 @@ def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: s
         if not allow_secrets:
             refuse_secrets(stage, f"export of {pp.post.name}")
         _swap(stage, ws.publish_dir / pp.post.name)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if disk_problem(e):
+            raise DiskError.writing(e, ws.rel(ws.publish_dir), f"post {pp.post.name}") from None
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -174,6 +188,10 @@ def check_post(ws: Layout, pp: PostPlan, sel: Selection) -> list[str]:
     try:
         render_to(ws, pp, sel, command_for(pp.post, sel), stage)
         return diff_trees(stage, ws.publish_dir / pp.post.name)
+    except OSError as e:
+        if disk_problem(e):
+            raise DiskError.writing(e, ws.rel(ws.publish_dir), f"a scratch copy of post {pp.post.name}") from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

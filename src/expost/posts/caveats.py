@@ -5,13 +5,14 @@ Each rule is a small function returning a sentence or "" so that templates and t
 (a) a claim that holds in fewer than all seeds says "k of n";
 (b) two conditions whose intervals overlap are "within seed noise";
 (c) large spread (coefficient of variation above 0.25, or range above the median) is called out;
-(d) diverged / NaN runs are counted;
+(d) diverged / NaN runs are counted, and apart from them, the seeds that did not reach an optional
+    output ("scalar?": the run returned None), which are not a divergence;
 (e) fewer than 5 seeds draws a few-seeds warning.
 """
 
 from __future__ import annotations
 
-from expost.runs.claims import ERROR, FAILS, HOLDS, INCONCLUSIVE, Verdict
+from expost.runs.claims import ERROR, FAILS, HOLDS, INCONCLUSIVE, Verdict, not_reached
 from expost.fmt import num
 from expost.runs.stats import Comparison, Summary
 
@@ -51,7 +52,7 @@ def _verdict_words(v: Verdict) -> str:
 
 def few_seeds(s: Summary) -> str:
     """(e) Fewer than 5 seeds."""
-    total = s.n + s.n_nonfinite
+    total = s.total
     if total >= FEW_SEEDS:
         return ""
     return f"Only {total} seed{'s' if total != 1 else ''}: too few to judge seed variance; treat these numbers as anecdotal."
@@ -61,9 +62,17 @@ def diverged(s: Summary, name: str) -> str:
     """(d) Non-finite runs are counted, never silently dropped."""
     if not s.n_nonfinite:
         return ""
-    total = s.n + s.n_nonfinite
-    return (f"{s.n_nonfinite} of {total} runs diverged (NaN/inf in {name}) and are left out of the numbers "
+    return (f"{s.n_nonfinite} of {s.total} runs diverged (NaN/inf in {name}) and are left out of the numbers "
             f"for {name}.")
+
+
+def unreached(s: Summary, name: str) -> str:
+    """(d) An optional output that some seeds did not reach: counted, never called a divergence."""
+    phrase = not_reached(s)
+    if not phrase:
+        return ""
+    left_out = f"; those seeds are left out of the numbers for {name}" if s.n else ""
+    return f"{name} was {phrase}{left_out}."
 
 
 def spread(s: Summary, name: str, unit: str = "") -> str:
@@ -106,4 +115,4 @@ def difference(name: str, label_a: str, sa: Summary, label_b: str, sb: Summary,
 
 def quantity(s: Summary, name: str, unit: str = "") -> list[str]:
     """Every caveat that applies to one quantity."""
-    return [c for c in (few_seeds(s), diverged(s, name), spread(s, name, unit)) if c]
+    return [c for c in (few_seeds(s), unreached(s, name), diverged(s, name), spread(s, name, unit)) if c]

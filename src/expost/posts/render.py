@@ -137,7 +137,7 @@ class Helpers:
             global _JOBS
             _JOBS = jobs
             try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                with multiprocessing.get_context("fork").Pool(workers, initializer=_default_signals) as pool:
                     errors = pool.map(_draw_job, range(len(jobs)))
             finally:
                 _JOBS = []
@@ -167,17 +167,18 @@ class Helpers:
         """A statistic for prose: 'median 340 steps (95% CI 310–372, n=10)' or 'mean 0.52 ± 0.04 ...'."""
         s = r.stats(name)
         u = f" {unit}" if unit else ""
+        n = f"n={s.n}" + (f"; {caveats.not_reached(s)}" if s.n_unreached else "")  # seeds without a value
         if kind == "median":
             lo, hi = s.median_ci
-            return f"median {num(s.median)}{u} (95% CI {num(lo)}–{num(hi)}, n={s.n})"
+            return f"median {num(s.median)}{u} (95% CI {num(lo)}–{num(hi)}, {n})"
         if kind == "mean":
             lo, hi = s.mean_ci
             half = max(s.mean - lo, hi - s.mean)
-            return f"mean {num(s.mean)} ± {num(half, 2)}{u} (95% CI, n={s.n})"
+            return f"mean {num(s.mean)} ± {num(half, 2)}{u} (95% CI, {n})"
         if kind == "iqm":
-            return f"interquartile mean {num(s.iqm)}{u} (n={s.n})"
+            return f"interquartile mean {num(s.iqm)}{u} ({n})"
         if kind == "range":
-            return f"{num(s.min)}–{num(s.max)}{u} (n={s.n})"
+            return f"{num(s.min)}–{num(s.max)}{u} ({n})"
         raise TemplateError(f"stat(kind={kind!r}): use median, mean, iqm or range")
 
     def code(self, experiment: str, name: str | None = None, region: str | None = None) -> str:
@@ -252,11 +253,12 @@ class Helpers:
         for value, g in groups.items():
             for name in outputs:
                 cols.append(f"{name} ({by}={value_label(value)})" if by else name)
-                data.append(dict(zip(g.seeds, g.scalar(name))))
+                shown = [num(x) if ok else "not reached" for x, ok in zip(g.scalar(name), g.reached(name))]
+                data.append(dict(zip(g.seeds, shown)))
         seeds = sorted({s for d in data for s in d})
         lines = ["| seed | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
         for s in seeds:
-            lines.append(f"| {s} | " + " | ".join(num(d[s]) if s in d else "–" for d in data) + " |")
+            lines.append(f"| {s} | " + " | ".join(d.get(s, "–") for d in data) + " |")
         return "\n".join(lines)
 
     @staticmethod
@@ -404,6 +406,13 @@ def _draw(job) -> str | None:
     return None
 
 
+def _default_signals() -> None:
+    """A figure worker ends quietly when its pool is done with it (SIGTERM), whatever the command
+    set up for itself; Ctrl-C is the command's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _draw_job(i: int) -> str | None:
     return _draw(_JOBS[i])
 
@@ -470,9 +479,12 @@ def _repro(inputs: Inputs) -> dict:
                            "verdict": v.verdict, "numbers": v.numbers})
     for exp, rs in inputs.results.items():
         seeds = inputs.seeds[exp]
-        bad = rs.nonfinite_runs
+        bad = rs.nonfinite_runs  # NaN/inf only: an optional output a run did not reach is not a divergence
         if bad:
             notes.append(f"{exp}: {len(bad)} of {len(rs)} runs diverged (NaN/inf) and are flagged in the numbers.")
+        for name, k in rs.unreached().items():
+            notes.append(f"{exp}: {name} was not reached within the run in {k} of {len(rs)} runs; they are left out "
+                         "of its numbers.")
         if len(seeds) < caveats.FEW_SEEDS:
             notes.append(f"{exp}: only {len(seeds)} seeds: too few to judge seed variance.")
     seed_text = "; ".join(f"{exp}: {_seed_range(s)}" for exp, s in inputs.seeds.items())

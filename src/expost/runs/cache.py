@@ -1,7 +1,9 @@
 """Cache stage: content-addressed run results on disk, written atomically, checked on read.
 
 An entry (paths: expost.layout.CacheLayout) is a folder holding result.json (scalars, metadata,
-the sha256 of each series file) and one float32 .npy per series.
+the sha256 of each series file) and one float32 .npy per series. result.json carries the sha256
+of everything else in it (`record_sha256`), so an edited scalar or flag is caught as a corrupt
+series is; an entry without it (written before it existed) cannot be verified and counts as corrupt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ from pathlib import Path
 
 from expost.files import atomic_write_text, file_lock, sha256_file
 from expost.layout import CacheLayout
+
+RECORD_SHA = "record_sha256"
+
+
+def record_digest(meta: dict) -> str:
+    """sha256 of a result.json's content (all but its own digest), as JSON reads it back."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != RECORD_SHA}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -89,9 +101,12 @@ class Cache:
             files = {}
             for name, arr in series.items():
                 p = tmp / f"{name}.npy"
-                np.save(p, np.asarray(arr, dtype=np.float32), allow_pickle=False)
+                with np.errstate(over="ignore"):  # beyond float32: inf, flagged by convert_outputs
+                    arr32 = np.asarray(arr, dtype=np.float32)
+                np.save(p, arr32, allow_pickle=False)
                 files[name] = sha256_file(p)
-            meta = {**meta, "key": key, "series_sha256": files}
+            meta = json.loads(json.dumps({**meta, "key": key, "series_sha256": files}))  # as a reader sees it
+            meta[RECORD_SHA] = record_digest(meta)
             (tmp / "result.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
             try:
                 os.rename(tmp, final)
@@ -109,6 +124,8 @@ class Cache:
         d = self.entry_dir(key)
         try:
             meta = json.loads((d / "result.json").read_text())
+            if meta.get(RECORD_SHA) != record_digest(meta):  # edited (or too old to tell)
+                raise ValueError("result.json checksum mismatch")
             for name, digest in meta["series_sha256"].items():
                 if sha256_file(d / f"{name}.npy") != digest:
                     raise ValueError(f"checksum mismatch in {name}.npy")
@@ -116,7 +133,7 @@ class Cache:
             if d.exists():
                 self._quarantine(d)
             return None
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):  # not the JSON it wrote
             self._quarantine(d)
             return None
         return Entry(key, d, meta)

@@ -177,8 +177,22 @@ def _numbers(rs: ResultSet, metric: str | None) -> str:
         except ResultError:
             return ""
         label = ", ".join(f"{k}={value_label(config[k])}" for k in varying)
-        parts.append(f"{label + ': ' if label else ''}{num(s.median)} [{num(s.min)}, {num(s.max)}]")
+        values = f"{num(s.median)} [{num(s.min)}, {num(s.max)}]" if s.n or not s.n_unreached else "no value"
+        parts.append(f"{label + ': ' if label else ''}{values}{_unreached(s, bool(varying))}")
     return f"{metric} median {'; '.join(parts)}" if parts else ""
+
+
+def not_reached(s) -> str:
+    """For a Summary of an optional output: "not reached within the run in k of n seeds", or ""
+    when every seed reached it. Never worded as a divergence (NaN/inf is that)."""
+    if not s.n_unreached:
+        return ""
+    return f"not reached within the run in {s.n_unreached} of {s.total} seed{'s' if s.total != 1 else ''}"
+
+
+def _unreached(s, several: bool) -> str:
+    phrase = not_reached(s)
+    return "" if not phrase else (f" ({phrase})" if several else f"; {phrase}")
 
 
 def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int | None = None) -> list[Verdict]:
@@ -199,6 +213,8 @@ def evaluate_claim(spec: Spec, claim: Claim, rs: ResultSet, planned_seeds: int |
                 met = meets(values, claim.expect)
                 got = interpret(met.reshape(()) if values.size == 1 else met, n_seeds)  # one number: one verdict
                 numbers = _value_numbers(values, claim.expect)
+                if claim.metric and group.optional(claim.metric) and len(group.configs) == 1:
+                    numbers += _unreached(group.stats(claim.metric), False)  # seeds without a value: why
             else:
                 got = interpret(claim.check(group), n_seeds)
                 numbers = _numbers(group, claim.metric)
@@ -243,6 +259,8 @@ def placeholder_results(spec: Spec, points_and_configs: list[tuple[dict, dict]],
     for point, cfg in points_and_configs:
         for seed in range(1, seeds + 1):
             scalars = {n: float(rng.uniform(1, 2)) for n, o in spec.outputs.items() if o.kind == "scalar"}
+            if seed == 1:  # an optional output not reached: claims must cope with it before any run
+                scalars.update({n: None for n, o in spec.outputs.items() if o.optional})
 
             def load(name, _seed=seed):
                 if (name, _seed) not in series_cache:
@@ -250,7 +268,7 @@ def placeholder_results(spec: Spec, points_and_configs: list[tuple[dict, dict]],
                 return series_cache[(name, _seed)]
 
             records.append(Record(spec.name, point, cfg, seed, scalars, load))
-    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
+    return ResultSet(records, {n: o.declared for n, o in spec.outputs.items()}, spec.name)
 
 
 def dry_run(spec: Spec, points_and_configs: list[tuple[dict, dict]]) -> None:
@@ -299,8 +317,11 @@ def check(ws, spec: Spec, runs: list, sel) -> list:
     n_planned = len({r.seed for r in runs})
     verdicts = evaluate(full, rs, n_planned)
     path = ws.cache.claims(spec.name)
-    atomic_write_text(path, json.dumps({"source": spec.file_hash, "seeds": n_planned,
-                                        "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
+    try:  # remembered for `expost list`; a read-only or full cache only forgets them
+        atomic_write_text(path, json.dumps({"source": spec.file_hash, "seeds": n_planned,
+                                            "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
+    except OSError:
+        pass
     return verdicts
 
 

@@ -45,7 +45,7 @@ class ResultSet:
 
     def __init__(self, records: list[Record], outputs: dict | None = None, experiment: str = ""):
         self.records = sorted(records, key=lambda r: r.seed)
-        self.outputs = outputs or {}  # name -> kind
+        self.outputs = outputs or {}  # name -> kind: "series", "scalar" or "scalar?" (optional)
         self.experiment = experiment or (records[0].experiment if records else "")
 
     def __len__(self) -> int:
@@ -106,9 +106,14 @@ class ResultSet:
     def _check_output(self, name: str, kind: str) -> None:
         if self.outputs and name not in self.outputs:
             raise ResultError(f"{self.experiment}: no output {name!r}; declared outputs: {', '.join(self.outputs)}")
-        if self.outputs and self.outputs[name] != kind:
-            raise ResultError(f"{self.experiment}: output {name!r} is a {self.outputs[name]}, not a {kind}; "
-                              f"use .{self.outputs[name]}({name!r})")
+        declared = self.outputs.get(name, kind).rstrip("?")
+        if declared != kind:
+            raise ResultError(f"{self.experiment}: output {name!r} is a {declared}, not a {kind}; "
+                              f"use .{declared}({name!r})")
+
+    def optional(self, name: str) -> bool:
+        """Declared "scalar?": a run may not reach it (None), which is not a divergence."""
+        return self.outputs.get(name, "").endswith("?")
 
     def _single(self, what: str) -> None:
         cfgs = self.configs
@@ -120,10 +125,18 @@ class ResultSet:
             raise NoRunsError(f"{self.experiment}: {what}: no runs match this selection")
 
     def scalar(self, name: str) -> np.ndarray:
-        """One value per seed (sorted by seed)."""
+        """One value per seed (sorted by seed). For an optional output ("scalar?"), NaN where the
+        run did not reach it: tell that from a divergence with reached(name)."""
         self._check_output(name, "scalar")
         self._single(f"scalar({name!r})")
-        return np.array([r.scalars[name] for r in self.records], dtype=float)
+        return np.array([np.nan if r.scalars[name] is None else r.scalars[name] for r in self.records], dtype=float)
+
+    def reached(self, name: str) -> np.ndarray:
+        """One bool per seed (sorted by seed): did the run reach this optional output (return a
+        value, NaN included, rather than None)? Always true for an output that is not optional."""
+        self._check_output(name, "scalar")
+        self._single(f"reached({name!r})")
+        return np.array([r.scalars[name] is not None for r in self.records], dtype=bool)
 
     def series(self, name: str) -> np.ndarray:
         """A seeds x steps array (shorter runs padded with NaN)."""
@@ -143,7 +156,10 @@ class ResultSet:
         return out
 
     def stats(self, name: str) -> Summary:
-        return summarize(self.scalar(name))
+        """Summary over seeds; NaN/inf count as diverged (n_nonfinite), seeds that did not reach an
+        optional output as not reached (n_unreached): both left out of the numbers."""
+        values, reached = self.scalar(name), self.reached(name)
+        return summarize(values[reached], n_unreached=int((~reached).sum()))
 
     def compare(self, other: "ResultSet", name: str) -> Comparison:
         """Paired comparison of a scalar between two selections over their common seeds."""
@@ -154,7 +170,18 @@ class ResultSet:
 
     @property
     def nonfinite_runs(self) -> list[Record]:
+        """Runs that diverged: NaN/inf in some output (not reaching an optional one is not that)."""
         return [r for r in self.records if r.nonfinite]
+
+    def unreached(self) -> dict[str, int]:
+        """Optional output -> seeds (runs) that did not reach it, for those with any."""
+        out = {}
+        for name in self.outputs:
+            if self.optional(name):
+                k = sum(r.scalars.get(name) is None for r in self.records)
+                if k:
+                    out[name] = k
+        return out
 
 
 def from_cache(cache, spec, runs: list) -> "ResultSet":
@@ -167,4 +194,4 @@ def from_cache(cache, spec, runs: list) -> "ResultSet":
         m = entry.meta
         records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
                               tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len")))
-    return ResultSet(records, {n: o.kind for n, o in spec.outputs.items()}, spec.name)
+    return ResultSet(records, {n: o.declared for n, o in spec.outputs.items()}, spec.name)

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from expost.errors import DiskError
+from expost.files import disk_problem
 from expost.runs.cache import Cache
 from expost.runs.outputs import convert_outputs
 from expost.runs.plan import PlannedRun
@@ -172,7 +174,12 @@ def _finish(task, result: JobResult) -> list[Outcome]:
                             f"output dict per seed ({len(runs)})")
     if result.error is not None:
         for r, log in zip(runs, logs):
-            _fail_log(Path(log), r, result.output, result.traceback)
+            try:
+                _fail_log(Path(log), r, result.output, result.traceback)
+            except OSError as e:
+                if not disk_problem(e):
+                    raise
+                raise DiskError.writing(e, Path(log).parent, "a failed run's log") from None
         return [Outcome(r, False, result.wall, result.error, log, changed=result.changed) for r, log in zip(runs, logs)]
     cache = Cache(Path(task.cache_root))
     wall = result.wall / len(runs)
@@ -180,6 +187,11 @@ def _finish(task, result: JobResult) -> list[Outcome]:
     for r, returned, log in zip(runs, result.outputs, logs):
         try:  # each seed is validated and cached on its own
             outcomes.append(_store(cache, r, returned, task.outputs, wall, Path(log)))
+        except OSError as e:
+            if disk_problem(e):  # the disk, not the run: stop here, with every run cached so far
+                raise DiskError.writing(e, cache.root, "the cache") from None
+            _fail_log(Path(log), r, result.output, traceback.format_exc())
+            outcomes.append(Outcome(r, False, wall, f"{type(e).__name__}: {e}", log))
         except Exception as e:
             _fail_log(Path(log), r, result.output, traceback.format_exc())
             outcomes.append(Outcome(r, False, wall, f"{type(e).__name__}: {e}", log))

@@ -5,7 +5,7 @@ An experiment is a plain torch script in `experiments/` with module-level data:
     PARAMS  = {...}            # fixed values; every parameter a run sees, with its default
     SWEEP   = {"axis": [...]}  # optional; a dict (cartesian product) or a list of such dicts
     SEEDS   = 10               # default number of seeds (1..SEEDS)
-    OUTPUTS = {"loss": "series: ...", "drop_step": "scalar: ..."}
+    OUTPUTS = {"loss": "series: ...", "drop_step": "scalar: ...", "hit": "scalar?: ... (None: not reached)"}
     CLAIMS  = [{"claim": "...", "check": lambda r: ..., "where": {...}, "per": "axis", "min_frac": 0.8}]
     def run(cfg, seed): ... return {output name: value}
     def run_batch(cfg, seeds): ... return [one output dict per seed]     # optional, vectorised
@@ -44,6 +44,16 @@ class Output:
     name: str
     kind: str  # "series" | "scalar"
     description: str
+    optional: bool = False  # "scalar?": a run may return None (not reached), stored as such
+
+    @property
+    def declared(self) -> str:
+        """The kind as declared, what validation checks against: "series", "scalar" or "scalar?"."""
+        return self.kind + "?" if self.optional else self.kind
+
+    @classmethod
+    def of(cls, name: str, declared: str, description: str) -> "Output":
+        return cls(name, declared.rstrip("?"), description, declared.endswith("?"))
 
 
 @dataclass
@@ -223,7 +233,7 @@ def static_record(spec: Spec) -> tuple:
 def from_static_record(path: Path, record: tuple) -> Spec:
     name, source, files, parts, params, sweep, seeds, outputs, batched, timeout = record
     return Spec(name=name, path=Path(path), source_hash=source, file_hash=files, parts=parts, params=params,
-                sweep=sweep, seeds=seeds, outputs={n: Output(n, k, d) for n, k, d in outputs}, batched=batched,
+                sweep=sweep, seeds=seeds, outputs={n: Output.of(n, k, d) for n, k, d in outputs}, batched=batched,
                 timeout=timeout)
 
 
@@ -242,7 +252,7 @@ def code_key(path: Path, outputs: dict[str, Output]) -> tuple[str, dict[str, str
     from expost.runs.reach import reached_parts
 
     parts = reached_parts(path)
-    key = {"code": parts, "outputs": {n: o.kind for n, o in outputs.items()}}
+    key = {"code": parts, "outputs": {n: o.declared for n, o in outputs.items()}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), parts
 
 
@@ -346,12 +356,18 @@ def _check_outputs(path: Path, outputs) -> dict[str, Output]:
     out = {}
     for name, decl in outputs.items():
         kind, _, desc = str(decl).partition(":")
+        kind = kind.strip()
         if not isinstance(name, str) or not name.isidentifier():
             raise _fail(path, f"OUTPUTS[{name!r}]", "output names must be identifiers", "rename the output")
-        if kind.strip() not in KINDS or not desc.strip():
-            raise _fail(path, f"OUTPUTS[{name!r}]", f"{decl!r} is not 'series: ...' or 'scalar: ...'",
-                        f'write "{name}": "scalar: one line saying what it measures"')
-        out[name] = Output(name, kind.strip(), desc.strip())
+        if kind == "series?":
+            raise _fail(path, f"OUTPUTS[{name!r}]", "only scalars can be optional ('scalar?: ...')",
+                        f'declare "{name}": "series: ..." and return every step, or add an optional scalar '
+                        "(e.g. the step where it ends) beside it")
+        if kind not in (*KINDS, "scalar?") or not desc.strip():
+            raise _fail(path, f"OUTPUTS[{name!r}]", f"{decl!r} is not 'series: ...', 'scalar: ...' or 'scalar?: ...'",
+                        f'write "{name}": "scalar: one line saying what it measures" ("scalar?:" when a run '
+                        "may not reach it and returns None)")
+        out[name] = Output.of(name, kind, desc.strip())
     return out
 
 

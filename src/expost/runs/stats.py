@@ -42,7 +42,8 @@ def bootstrap_ci(x, statistic=np.mean, level: float = CI_LEVEL, samples: int = B
 
 @dataclass(frozen=True)
 class Summary:
-    """One quantity across seeds. Non-finite values are counted and left out of the numbers."""
+    """One quantity across seeds. Non-finite values (diverged) and, for an optional output, seeds
+    that did not reach it are counted apart and left out of the numbers."""
 
     n: int
     n_nonfinite: int
@@ -54,6 +55,12 @@ class Summary:
     max: float
     mean_ci: tuple[float, float]
     median_ci: tuple[float, float]
+    n_unreached: int = 0  # an optional output ("scalar?") that the run did not reach: not a divergence
+
+    @property
+    def total(self) -> int:
+        """Seeds in all: with a value, diverged (NaN/inf) and not reached."""
+        return self.n + self.n_nonfinite + self.n_unreached
 
     @property
     def cv(self) -> float:
@@ -61,18 +68,21 @@ class Summary:
         return abs(self.std / self.mean) if self.mean else float("inf")
 
 
-def summarize(values) -> Summary:
+def summarize(values, n_unreached: int = 0) -> Summary:
+    """`values`: the seeds that produced a value (NaN/inf counted as diverged); `n_unreached`:
+    the seeds of an optional output that did not reach it."""
     x = np.asarray(values, dtype=float).ravel()
     finite = x[np.isfinite(x)]
     nan = float("nan")
     if len(finite) == 0:
-        return Summary(0, len(x), nan, nan, nan, nan, nan, nan, (nan, nan), (nan, nan))
+        return Summary(0, len(x), nan, nan, nan, nan, nan, nan, (nan, nan), (nan, nan), n_unreached)
     return Summary(
         n=len(finite), n_nonfinite=int(len(x) - len(finite)),
         mean=float(finite.mean()), median=float(np.median(finite)), iqm=iqm(finite),
         std=float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
         min=float(finite.min()), max=float(finite.max()),
         mean_ci=bootstrap_ci(finite, np.mean), median_ci=bootstrap_ci(finite, np.median),
+        n_unreached=n_unreached,
     )
 
 

@@ -62,7 +62,7 @@ def make_tasks(full: Spec, runs: list[PlannedRun], cache: Cache, timeout: float 
     from expost.runs.plan import with_seed
     from expost.runs.runner import BATCH_BLOCK, BatchTask, Task
 
-    outputs = {n: o.kind for n, o in full.outputs.items()}
+    outputs = {n: o.declared for n, o in full.outputs.items()}  # "scalar?": None allowed (not reached)
     log = lambda r: str(cache.log_path(r.experiment, r.label, r.seed))
     if not full.batched:
         return [Task(r, str(full.path), outputs, str(cache.root), log(r), timeout) for r in runs]
@@ -85,7 +85,10 @@ def _record(cache: Cache, outcomes: list, specs: dict) -> None:
         by_exp.setdefault(r.experiment, {})[r.slot] = {
             "key": r.key, "source": r.source_hash, "config": r.config_hash, "env": r.env_hash,
             "status": "ok" if o.ok else "failed"}
-    for exp, records in by_exp.items():
-        cache.update_index(exp, records)
-        if exp in specs and specs[exp].parts:
-            cache.update_parts(exp, specs[exp].source_hash, specs[exp].parts)
+    try:  # --explain's memory only: a full or read-only disk must not hide what happened to the runs
+        for exp, records in by_exp.items():
+            cache.update_index(exp, records)
+            if exp in specs and specs[exp].parts:
+                cache.update_parts(exp, specs[exp].source_hash, specs[exp].parts)
+    except OSError:
+        pass

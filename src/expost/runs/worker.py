@@ -100,7 +100,7 @@ def portable(returned):
         elif isinstance(value, (list, tuple)):
             if value and hasattr(value[0], "detach"):
                 value = [v.detach().cpu().numpy() if hasattr(v, "detach") else v for v in value]
-            value = to_numpy(value)
+            value = to_numpy(value, name)  # refuses strings, bools, ragged lists: naming the output
         out[name] = value
     return out
 
