@@ -32,11 +32,11 @@ def selection_options(f):
                   help="Device for experiments with a 'device' parameter (cpu, cuda, cuda:1).")
     @functools.wraps(f)
     def wrapper(*args, seeds, set_, where, device, **kwargs):
-        from expost.runs.plan import Selection, parse_assignments
+        from expost.runs.plan import parse_assignments
 
         try:
-            sel = Selection(seeds=seeds, set=parse_assignments(set_, "--set"),
-                            where=parse_assignments(where, "--where"), device=device)
+            sel = Workspace.selection(seeds, parse_assignments(set_, "--set"), parse_assignments(where, "--where"),
+                                      device)
         except ExpostError as e:
             raise click.UsageError(str(e)) from None
         return f(*args, sel=sel, **kwargs)
