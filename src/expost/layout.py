@@ -150,11 +150,17 @@ def find_workspace(start: Path | None = None, explicit: Path | None = None) -> L
 
 
 def load_settings(root: Path) -> dict:
-    """Optional expost.toml: default seeds, image base URL, gist ids."""
-    path = root / "expost.toml"
+    """Optional expost.toml: image base URL, raw URL template, render_timeout (checked here, before
+    any run, so a bad value never waits for a sweep to finish)."""
+    path = Layout(root).settings_file
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        settings = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise WorkspaceError(f"{path.name}: invalid TOML ({e}). Fix the file or remove it.") from None
+    timeout = settings.get("render_timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise WorkspaceError(f"expost.toml: render_timeout = {timeout!r} is not a positive number of seconds; "
+                             "write render_timeout = 60")
+    return settings

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expost.runs.cache import Cache
-from expost.errors import DiskError, MissingRunsError, PublishError, SpecError, WorkspaceError
+from expost.errors import DiskError, MissingRunsError, PublishError, SpecError
 from expost.files import disk_problem
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
@@ -90,6 +90,7 @@ class Built:
     status: str  # "up to date" | "rendered"
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # claims that could not be evaluated
+    git: dict | None = None  # the git state of the post's inputs, as the manifest records it
 
 
 def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path) -> Built:
@@ -117,11 +118,7 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
         seeds[name] = sorted({r.seed for r in runs})
         verdicts[name] = claims_mod.evaluate(full[name], rsets[name], len(seeds[name]))
     inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
-    timeout = ws.settings.get("render_timeout", RENDER_SECONDS)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-        raise WorkspaceError(f"expost.toml: render_timeout = {timeout!r} is not a positive number of seconds; "
-                             f"write render_timeout = {RENDER_SECONDS}")
-    rendered = render(inputs, ws.templates_dir, out, timeout=float(timeout))
+    rendered = render(inputs, ws.templates_dir, out, timeout=float(ws.settings.get("render_timeout", RENDER_SECONDS)))
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
     from expost.posts.html import post_to_html
 
@@ -129,10 +126,12 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     # post.md: the page shows what LessWrong will; its figure links stay relative, to be inlined.
     html = post_to_html(rendered.markdown, title=pp.post.title, base_dir=out)
     (out / "post.html").write_text(html, encoding="utf-8")
-    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out), sel.device)
+    git = _git_state(ws, pp)
+    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out), sel.device,
+                      git)
     errors = [f"{v.experiment}: claim {v.index} ({v.claim[:60]}){' [' + v.group + ']' if v.group else ''} could not "
               f"be evaluated: {v.detail}" for vs in verdicts.values() for v in vs if v.verdict == claims_mod.ERROR]
-    return Built("rendered", exported.warnings, errors)
+    return Built("rendered", exported.warnings, errors, git)
 
 
 def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
@@ -178,7 +177,7 @@ def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: s
     if built.errors:  # never "up to date" while a claim cannot be evaluated: the next build says so again
         stamp.path.unlink(missing_ok=True)
     else:
-        stamp.write(key, _git_state(ws, pp), head(ws.root))
+        stamp.write(key, built.git, head(ws.root))
     return built
 
 

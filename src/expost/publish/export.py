@@ -25,8 +25,7 @@ from pathlib import Path
 from expost import __version__
 from expost.files import sha256_file
 from expost.errors import PublishError
-from expost.freshness import post_inputs
-from expost.gitstate import git_state
+from expost.runs.results import series_digest
 from expost.runs.spec import local_sources
 
 MANIFEST_VERSION = 1
@@ -75,17 +74,9 @@ def _results_json(rs, spec) -> str:
     for r in _by_config(rs.records):
         runs.append({"config": r.config, "seed": r.seed, "scalars": r.scalars, "key": r.key,
                      "nonfinite": list(r.nonfinite),
-                     "series_sha256": {n: _series_digest(r, n) for n, o in spec.outputs.items() if o.kind == "series"}})
+                     "series_sha256": {n: series_digest(r.load_series(n)) for n, o in spec.outputs.items() if o.kind == "series"}})
     return json.dumps({"experiment": spec.name, "outputs": {n: f"{o.kind}: {o.description}" for n, o in spec.outputs.items()},
                        "runs": runs}, sort_keys=True, indent=1) + "\n"
-
-
-def _series_digest(record, name: str) -> str:
-    import hashlib
-
-    import numpy as np
-
-    return hashlib.sha256(np.asarray(record.load_series(name), dtype=np.float32).tobytes()).hexdigest()
 
 
 def _requirements() -> str:
@@ -103,7 +94,7 @@ def _add(files: dict, name: str, origin: str) -> None:
 
 
 def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, command: str, stage: Path,
-           image_url, device: str = "cpu") -> Exported:
+           image_url, device: str = "cpu", git: dict | None = None) -> Exported:
     """Write gist/, manifest.json and the forum post.md into the staged post folder."""
     from expost.publish.forum import to_forum_markdown
 
@@ -150,7 +141,7 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
         "versions": versions(),
         "platform": {"system": platform.system(), "machine": platform.machine(),
                      "python_implementation": sys.implementation.name, "device": device},
-        "git": git_state(ws.root, post_inputs(ws, pp.post.path, pp.specs.values())),
+        "git": git,  # the git state of the post's inputs (spine computes it once per render)
         "experiments": {
             name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],
                    "source_hash": spec.source_hash, "seeds": seeds[name],

@@ -184,6 +184,13 @@ class ResultSet:
         return out
 
 
+def series_digest(values) -> str:
+    """sha256 of a series as the cache stores it (float32): what manifests record and verify checks."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(values, dtype=np.float32).tobytes()).hexdigest()
+
+
 def from_cache(cache, spec, runs: list) -> "ResultSet":
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
     records = []

@@ -7,7 +7,6 @@ size of a difference. One seed is run twice to tell nondeterminism from drift.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from expost.runs.cache import Cache
+from expost.runs.results import series_digest
 from expost.errors import PublishError
 from expost.runs.claims import validate
 from expost.runs.sweep import make_tasks
@@ -68,10 +68,6 @@ def _status(diff: float) -> str:
     return IDENTICAL if diff == 0 else WITHIN if diff <= RTOL else DRIFTED
 
 
-def _digest(arr) -> str:
-    return hashlib.sha256(np.asarray(arr, dtype=np.float32).tobytes()).hexdigest()
-
-
 def verify(ws, pp, sel, seeds: int | None, jobs: int) -> Report:
     out_dir = ws.publish_dir / pp.post.name / "gist"
     report = Report()
@@ -121,9 +117,9 @@ def _compare(name, runs, outputs, fresh: Cache, cache: Cache, by_key) -> list[Qu
                 diff = rel_diff(entry.scalars[out], rec["scalars"][out])
             else:
                 new = entry.series(out)
-                if _digest(new) == rec["series_sha256"][out]:
+                if series_digest(new) == rec["series_sha256"][out]:
                     diff = 0.0
-                elif old is not None and _digest(old.series(out)) == rec["series_sha256"][out]:
+                elif old is not None and series_digest(old.series(out)) == rec["series_sha256"][out]:
                     diff = max(rel_diff(new, old.series(out)), 1e-300)
                 else:
                     diff = math.inf  # differs, and no recorded values to size the difference
