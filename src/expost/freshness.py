@@ -31,10 +31,9 @@ from urllib.parse import quote
 from expost import RESULT_FORMAT, __version__
 from expost.files import atomic_write, atomic_write_text, sha256_file, signature, trusted
 from expost.layout import Layout
+from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS
 
 EXPOST_ROOT = Path(__file__).parent
-PACKAGE_LAYOUTS = EXPOST_ROOT / "layouts"
-LAYOUT_TEMPLATE = "layout.md.j2"
 
 # Installed packages whose version can change a bundle's bytes (figures, markdown, HTML, maths,
 # highlighted code, the manifest's recorded versions).
@@ -242,7 +241,7 @@ def template_files(ws: Layout, post_path: Path) -> list[Path]:
         return None
 
     seen: list[Path] = []
-    todo = [Path(post_path), resolve(LAYOUT_TEMPLATE)]
+    todo = [Path(post_path), resolve(LAYOUT)]
     while todo:
         path = todo.pop()
         if path is None or path in seen:
@@ -305,13 +304,16 @@ class PostStamp:
             return None
         return stamp if isinstance(stamp, dict) else None
 
-    def write(self, key: str, git: dict, head: str | None) -> None:
-        """Remember the render; with a read-only or full cache the post is only re-rendered next time."""
-        written = time.time_ns()
+    def write(self, key: str, git: dict, head: str | None, files: dict | None = None,
+              stats: dict | None = None) -> None:
+        """Remember the render (publish/NAME's hashes and stats, unless the caller has them already);
+        with a read-only or full cache the post is only re-rendered next time."""
+        stats = tree_stats(self.out) if stats is None else stats
+        files = tree_hashes(self.out) if files is None else files
+        written = time.time_ns()  # after the stats: a file changed since then shows as changed
         with contextlib.suppress(OSError):
-            atomic_write_text(self.path, json.dumps({"key": key, "written": written, "files": tree_hashes(self.out),
-                                                     "stats": tree_stats(self.out), "head": head, "git": git},
-                                                    indent=1))
+            atomic_write_text(self.path, json.dumps({"key": key, "written": written, "files": files,
+                                                     "stats": stats, "head": head, "git": git}, indent=1))
 
     def fresh(self, key: str, git_now) -> bool:
         """Same key as the last render, publish/NAME still holds exactly what it wrote, and the
@@ -337,8 +339,8 @@ class PostStamp:
             if stamp.get("git") != git_now():
                 return False
             refresh = refresh or current is not None  # HEAD moved without touching the inputs
-        if refresh:
-            self.write(key, stamp.get("git"), current)
+        if refresh:  # the files are the recorded bytes (trusted or just hashed): only stats and HEAD are new
+            self.write(key, stamp.get("git"), current, stamp.get("files"), stats)
         return True
 
 

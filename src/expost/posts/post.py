@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from expost.runs.spec import Spec
 
 SUFFIX = ".md.j2"
+LAYOUT = f"layout{SUFFIX}"  # wraps every post; a workspace's own overrides the package's
+PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the package's templates (searched after templates/)
 REQUIRED = ("title", "summary", "experiments")
 OPTIONAL = ("tags", "seeds")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -68,7 +70,7 @@ def discover(templates_dir: Path) -> list[Path]:
     if not templates_dir.is_dir():
         return []
     return sorted(p for p in templates_dir.glob(f"*{SUFFIX}")
-                  if not p.name.startswith("_") and p.name != f"layout{SUFFIX}")
+                  if not p.name.startswith("_") and p.name != LAYOUT)
 
 
 def _value(path: Path, lineno: int, key: str, text: str):

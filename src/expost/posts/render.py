@@ -26,17 +26,15 @@ from expost.runs.claims import Verdict, value_label
 from expost.posts.codeembed import extract
 from expost.errors import ExpostError, TemplateError
 from expost.fmt import num
-from expost.posts.post import SUFFIX, Post, split_front_matter
+from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS, SUFFIX, Post, split_front_matter
 from expost.runs.results import Record, ResultSet
 from expost.runs.spec import Spec
 from expost.runs.stats import compare as paired_compare
 
-LAYOUT = f"layout{SUFFIX}"
 FIGURE_PREFIX = "figure_"  # def figure_NAME(ax, r) in an experiment: figure(r, "NAME") in a template
 RENDER_SECONDS = 60  # a template that loops longer than this is stopped (expost.toml: render_timeout)
 MAX_TEXT = 5_000_000  # characters: one value or the whole post; beyond this a template is refused
 _REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|<(?:function|bound method|built-in function|module) [^>]*>")
-PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the same folder freshness hashes
 
 
 class PostLoader(jinja2.FileSystemLoader):
