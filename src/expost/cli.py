@@ -371,6 +371,51 @@ def verify(ctx, post, k, jobs):
     click.echo("all recorded results reproduced", err=True)
 
 
+@cli.command(epilog=EPILOG)
+@click.argument("posts", nargs=-1)
+@selection_options
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--open", "open_", is_flag=True, help="Open the preview in the browser.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes (default: number of cores).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop a run that takes longer (default: the experiment's TIMEOUT, else none).")
+@click.pass_context
+def preview(ctx, posts, sel, port, open_, jobs, timeout):
+    """Live preview in the browser: reruns what a save made stale and updates the open pages.
+
+    Watches experiments/, templates/ and expost.toml. Renders into the cache, never publish/
+    (`expost build` publishes). The URL carries a token: only this user's browser can read it.
+
+    \b
+    Examples:
+        expost preview                   # every post
+        expost preview scurves --open    # one post, opened in the browser
+    """
+    import webbrowser
+
+    from expost.preview import preview as serve
+
+    root = Workspace(ctx.find_root().obj.get("workspace")).root  # a clear error before anything starts
+
+    def ready(url: str) -> None:
+        click.echo(f"expost preview: {url}\n(Ctrl-C to stop)", err=True)
+        if open_:
+            webbrowser.open(url)
+
+    try:
+        serve(root, posts, sel, port=port, jobs=jobs, timeout=timeout, ready=ready,
+              log=lambda line: click.echo(line, err=True))
+    except OSError as e:
+        if e.errno == 98:  # EADDRINUSE
+            raise click.UsageError(f"--port {port}: the port is in use; pick another, or --port 0 for any free one")
+        raise
+    except (KeyboardInterrupt, Terminated) as e:
+        click.echo("stopped: completed runs are cached.", err=True)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
 @cli.group(epilog=EPILOG)
 def publish():
     """Publish a built post's bundle.

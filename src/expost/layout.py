@@ -10,6 +10,7 @@
         claims/<experiment>.json the last verdicts of `expost check`
         renders/<post>.json     the stamp of a post's last render
         specs.marshal           static specs remembered by the stats of their files
+        preview/<post>/<n>/     `expost preview`'s renders (never publish/)
         locks/  corrupt/        per-key locks; corrupt entries set aside
 """
 
@@ -61,6 +62,10 @@ class CacheLayout:
     @property
     def corrupt(self) -> Path:
         return self.root / "corrupt"
+
+    def preview(self, post: str) -> Path:
+        """`expost preview`'s renders of a post (numbered folders, the latest two kept)."""
+        return self.root / "preview" / post
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ class Progress:
     def started(self, total: int) -> None:
         """`total` runs are about to execute."""
 
+    def submitted(self, runs: tuple) -> None:
+        """These runs (one, or a batch block) went out to a worker: running, or next in its queue."""
+
     def finished(self, outcome) -> None:
         """One run ended (outcome.ok tells whether it succeeded)."""
 
@@ -183,7 +186,7 @@ class Workspace:
 
         t0 = time.perf_counter()
         outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
-                           progress.finished, progress.started, corrupt, timeout)
+                           progress.finished, progress.started, corrupt, timeout, progress.submitted)
         report.wall_s = time.perf_counter() - t0
         planned = {r.key for p in plans.values() for r in p}
         done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
@@ -251,8 +254,7 @@ class Workspace:
                 report.posts.append(PostResult(pp.post.name, "up to date", self.layout.post_dir(pp.post.name)))
         if not todo:
             return report
-        specs, plans = spine.union_of_runs(todo)
-        report.runs = self._execute(specs, plans, sel, jobs, force, timeout)
+        report.runs = self.run_missing(todo, sel, jobs=jobs, force=force, timeout=timeout)
         report.runs.raise_for_failures()
         for pp in todo:
             out = self.layout.post_dir(pp.post.name)
@@ -264,6 +266,22 @@ class Workspace:
                 built = spine.build_post(self.layout, pp, sel, force=force, allow_secrets=allow_secrets)
                 report.posts.append(PostResult(pp.post.name, built.status, out, built.warnings, errors=built.errors))
         return report
+
+    def run_missing(self, pps: list, sel=None, *, jobs: int | None = None, force: bool = False,
+                    timeout: float | None = None) -> RunReport:
+        """Run what the planned posts (from `posts`) lack, each run once. Failures are in the
+        report (`raise_for_failures` raises them), after every other run is cached."""
+        from expost import spine
+
+        specs, plans = spine.union_of_runs(pps)
+        return self._execute(specs, plans, sel or self.selection(), jobs, force, timeout)
+
+    def draft(self, pp, sel, out: Path):
+        """Render a planned post from the cache into the empty folder `out`, as `build` would
+        publish it, without touching publish/ (the preview's render). Returns spine.Built."""
+        from expost import spine
+
+        return spine.render_to(self.layout, pp, sel, spine.command_for(pp.post, sel), Path(out))
 
     def render(self, posts=(), sel=None, *, force: bool = False, allow_secrets: bool = False) -> list[PostResult]:
         """Render posts from the cache only (never runs); MissingRunsError lists what a post lacks."""

@@ -530,9 +530,12 @@ class _KeyLocks:
 
 
 def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
-            device: str = "cpu", executor: Executor | None = None) -> list[Outcome]:
+            device: str = "cpu", executor: Executor | None = None,
+            on_submit: Callable[[tuple], None] | None = None) -> list[Outcome]:
     """Run tasks (Task or BatchTask) in worker processes, `jobs` at a time (or through `executor`, a
-    concurrent.futures executor); one Outcome per run, each cached as its result arrives."""
+    concurrent.futures executor); one Outcome per run, each cached as its result arrives.
+    `on_submit(runs)` is told each task's runs as they go out to a worker (running, or next in its
+    queue)."""
     outcomes: list[Outcome] = []
 
     def emit(new: list[Outcome]) -> None:
@@ -579,6 +582,8 @@ def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = 
                 handle = next(handles)
                 out[handle] = task
                 pool.submit(handle, task.job())
+                if on_submit:
+                    on_submit(task.runs)
             todo.extendleft(reversed(held_elsewhere))
             if not out:
                 if todo:

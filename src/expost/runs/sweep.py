@@ -22,7 +22,8 @@ def missing_runs(cache: Cache, runs: list[PlannedRun], force: bool = False) -> l
 def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], sel: Selection, jobs: int,
             force: bool = False, on_done: Callable[[object], None] | None = None,
             on_start: Callable[[int], None] | None = None,
-            on_corrupt: Callable[[list], None] | None = None, timeout: float | None = None) -> list:
+            on_corrupt: Callable[[list], None] | None = None, timeout: float | None = None,
+            on_submit: Callable[[tuple], None] | None = None) -> list:
     """Validate what must run, then run it. Every completed run is cached even if others fail."""
     from expost.runs.runner import execute
 
@@ -50,7 +51,7 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
             on_done(o)
 
     try:
-        execute(tasks, jobs, done, sel.device)
+        execute(tasks, jobs, done, sel.device, on_submit=on_submit)
     finally:
         _record(cache, outcomes, {s.name: s for s in specs})
     return outcomes
