@@ -256,8 +256,8 @@ def test_progress_on_the_page_and_ctrl_c_mid_sweep_keeps_completed_runs(tmp_path
         assert "stopped: completed runs are cached." in stderr
         assert "Traceback" not in stderr
         # A build afterwards runs only what is missing.
-        r = subprocess.run([sys.executable, "-m", "expost", "run", "slow", "-j", "2"], cwd=root, capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "expost", "run", "slow", "-j", "2", "--set", "pause=1.0"], cwd=root,
+                           capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert f"{cached} cached, {12 - cached} ran" in r.stderr
     finally:
