@@ -130,7 +130,8 @@ def test_preview_in_a_browser_follows_edits_errors_and_fixes(toy_ws, cache_dir):
             panel = page.inner_text("#expost-preview")
             assert "up to date" in panel
             claims = page.inner_text("#expost-claims")
-            assert re.search(r"holds 3/3", claims) and "The final value is below 1." in claims
+            assert re.search(r"holds 3/3 seeds\s*toy: The final value is below 1. \[rate=0.5\]", claims), claims
+            assert re.search(r"holds 3/3 seeds\s*toy: A faster rate ends lower.", claims), claims
             figure = page.get_attribute("article img", "src")
             page.evaluate("window.__notReloaded = true")
 
@@ -211,7 +212,7 @@ def test_preview_refuses_requests_without_token_and_files_outside(toy_ws, tmp_pa
             assert status in (403, 404), (path, status)
             assert b"do not serve" not in body and b"root:" not in body
         # A link inside the render that points outside it is not followed.
-        folder = next((Path(os.environ["EXPOST_CACHE_DIR"]) / "preview" / "toy").iterdir())
+        folder = next((Path(os.environ["EXPOST_CACHE_DIR"]) / "preview" / "toy").iterdir())  # PID-N
         (folder / "leak.txt").symlink_to(secret)
         assert preview.get(f"/files/toy/leak.txt?token={token}")[0] == 404
         # A page of another site reaching it by DNS rebinding carries its own Host: refused.

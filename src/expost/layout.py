@@ -10,7 +10,7 @@
         claims/<experiment>.json the last verdicts of `expost check`
         renders/<post>.json     the stamp of a post's last render
         specs.marshal           static specs remembered by the stats of their files
-        preview/<post>/<n>/     `expost preview`'s renders (never publish/)
+        preview/<post>/<pid>-<n>/ `expost preview`'s renders (never publish/)
         locks/  corrupt/        per-key locks; corrupt entries set aside
 """
 
@@ -64,7 +64,7 @@ class CacheLayout:
         return self.root / "corrupt"
 
     def preview(self, post: str) -> Path:
-        """`expost preview`'s renders of a post (numbered folders, the latest two kept)."""
+        """`expost preview`'s renders of a post: PID-N, the Nth render of the preview process PID."""
         return self.root / "preview" / post
 
 

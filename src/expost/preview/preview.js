@@ -24,7 +24,8 @@
     #expost-preview details { margin-top: .2rem; } #expost-preview ul { margin: .2rem 0; padding-left: 1.2rem; }
     #expost-preview .holds { color: #075; } #expost-preview .fails { color: #a00; }
     #expost-preview .inconclusive, #expost-preview .error { color: #a60; }
-    #expost-preview .verdict { font-weight: 600; margin-right: .4em; }`);
+    #expost-preview .verdict { font-weight: 600; margin-right: .4em; }
+    #expost-preview .numbers { color: #666; margin-left: .6em; font-size: 90%; }`);
   document.head.appendChild(style);
   const status = el("div", { id: "expost-status" }, "connecting...");
   const error = el("pre", { id: "expost-error", hidden: "" });
@@ -49,10 +50,15 @@
       .map(([v, n]) => `${n} ${v}`).join(", ") : "No claims");
     const ul = el("ul");
     list.forEach(c => {
+      // As `expost check` counts: k of n seeds for a per-seed claim, else one verdict over all seeds.
+      const count = c.per_seed ? `${c.k}/${c.n} seeds` +
+        (c.min_frac < 1 ? ` (needs ${Math.round(c.min_frac * 100)}%)` : "") : `over all ${c.n_seeds} seeds together`;
+      const missing = c.missing ? `, ${c.missing} seed(s) missing` : "";
       const li = el("li", { class: "claim" });
-      li.append(el("span", { class: `verdict ${c.verdict}` }, `${c.verdict} ${c.k}/${c.n}`),
+      li.append(el("span", { class: `verdict ${c.verdict}` }, `${c.verdict} ${count}${missing}`),
                 document.createTextNode(`${c.experiment}: ${c.claim}${c.group ? " [" + c.group + "]" : ""}` +
-                                        (c.xfail ? " (expected to fail)" : "")));
+                                        (c.xfail ? ` (expected to fail: ${c.xfail})` : "")),
+                el("span", { class: "numbers" }, c.numbers || c.detail || ""));
       ul.append(li);
     });
     const open = claims.open;

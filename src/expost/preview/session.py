@@ -230,7 +230,7 @@ class Session:
 
     def _render(self, ws: Workspace, pp, sel, view: PostView, key: str) -> None:
         folder = ws.layout.cache.preview(pp.post.name)
-        out = folder / str(view.gen + 1)
+        out = folder / f"{os.getpid()}-{view.gen + 1}"  # two previews of one workspace never share one
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         try:
@@ -243,9 +243,30 @@ class Session:
         with self.state.cond:
             view.page, view.folder, view.claims, view.key, view.error = page, out, claims, key, None
             view.gen += 1
-        for old in folder.iterdir():  # earlier renders, and an earlier preview's
-            if old.name.isdigit() and not view.gen - KEEP < int(old.name) <= view.gen:
+        _prune(folder, view.gen)
+
+
+def _prune(folder: Path, gen: int) -> None:
+    """Remove this preview's renders older than the latest KEEP, and those of previews that ended."""
+    for old in folder.iterdir():
+        pid, _, n = old.name.partition("-")
+        if not (pid.isdigit() and n.isdigit()):
+            continue
+        if int(pid) == os.getpid():
+            if not gen - KEEP < int(n) <= gen:
                 shutil.rmtree(old, ignore_errors=True)
+        elif not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
