@@ -9,7 +9,9 @@ named by what it defines ("train", "LR") or, for module-level code, by where it 
 counts when `run`/`run_batch` reach it by name (through other parts, across `from _mod import f`),
 and also wherever reachability is unsure:
 - module-level code with possible side effects (calls, loops, assignments to attributes or
-  items, decorated definitions; not `if __name__ == "__main__":`), which runs on import;
+  items, decorated definitions; not `if __name__ == "__main__":`), which runs on import; an
+  assignment that only computes a plain value (`KS = list(range(1, 6))`: what runs/spec_eval.py
+  accepts, over constants that are such values too) has none, and counts only when reached;
 - a local module used as a value (`import _mod` then `_mod.f`), `from _mod import *`, or reached
   code that calls `globals`, `vars`, `eval`, `exec`, `getattr` or `__import__`: its whole module.
 Normalised: each part is `ast.dump` without docstrings, so comments, docstrings and formatting do
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expost.files import signature
+from expost.runs.spec_eval import Module as Values, is_main_guard
 
 ROOTS = ("run", "run_batch")
 DYNAMIC = {"globals", "vars", "eval", "exec", "getattr", "__import__", "locals"}
@@ -77,16 +80,8 @@ def _calls_outside_functions(node: ast.AST) -> bool:
     return False
 
 
-def _is_main_guard(node: ast.AST) -> bool:
-    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
-        return False
-    parts = [node.test.left, *node.test.comparators]
-    return any(isinstance(p, ast.Name) and p.id == "__name__" for p in parts) and \
-        any(isinstance(p, ast.Constant) and p.value == "__main__" for p in parts)
-
-
-def _part(node: ast.stmt, local: set[str], module: Module) -> Part | None:
-    if _is_main_guard(node) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+def _part(node: ast.stmt, local: set[str], module: Module, values: Values) -> Part | None:
+    if is_main_guard(node) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
         return None
     dump = ast.dump(node)
     defines: tuple[str, ...] = ()
@@ -100,7 +95,7 @@ def _part(node: ast.stmt, local: set[str], module: Module) -> Part | None:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         if all(isinstance(t, ast.Name) for t in targets):
             defines = tuple(t.id for t in targets)
-            always = node.value is not None and _calls_outside_functions(node.value)
+            always = node.value is not None and _calls_outside_functions(node.value) and not values.pure(node)
     else:  # if/try/with/for at module level: runs on import; whatever it binds may be reached
         defines = _bound(node, local, module)
     label = ", ".join(defines) if defines else "module-level code"
@@ -146,9 +141,10 @@ def _bound(node: ast.stmt, local: set[str], module: Module) -> tuple[str, ...]:
 def _module(path: Path, sig: tuple, local: frozenset) -> Module:
     tree = _StripDocstrings().visit(ast.parse(path.read_text(), filename=str(path)))
     module = Module(path)
+    values = Values(tree)
     seen: dict[str, int] = {}
     for node in tree.body:
-        part = _part(node, set(local), module)
+        part = _part(node, set(local), module, values)
         if part is not None:
             seen[part.label] = seen.get(part.label, 0) + 1
             if seen[part.label] > 1:  # a name defined twice, or several module-level statements

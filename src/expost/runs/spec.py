@@ -10,8 +10,11 @@ An experiment is a plain torch script in `experiments/` with module-level data:
     def run(cfg, seed): ... return {output name: value}
     def run_batch(cfg, seeds): ... return [one output dict per seed]     # optional, vectorised
 
-PARAMS, SWEEP, SEEDS and OUTPUTS must be literals: they are read with `ast` so that planning and
-a no-op build never import torch. CLAIMS and `run` are read by importing the script (`load_full`).
+PARAMS, SWEEP, SEEDS, OUTPUTS and TIMEOUT are read without importing the script, so that planning
+and a no-op build never import torch: literals, or Python over constants of the same file
+(`[0.0] + FRACS`, `[10.0 ** -k for k in range(1, 6)]`), evaluated by runs/spec_eval.py to the
+value an import gives (`load_full` checks that it does). CLAIMS and `run` are read by importing
+the script (`load_full`).
 Files whose name starts with `_` are helper modules, not experiments.
 """
 
@@ -32,11 +35,13 @@ from typing import Any, Callable
 
 from expost.errors import SpecError
 from expost.files import signature
+from expost.runs.spec_eval import Module, NotStatic
 
 KINDS = ("series", "scalar")
 CLAIM_KEYS = {"claim", "check", "value", "expect", "where", "per", "min_frac", "metric", "xfail"}
 EXPECT_KINDS = ("approx", "above", "below", "between")
 SCALAR_TYPES = (bool, int, float, str)
+FIELDS = ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT")  # read without importing the script
 
 
 @dataclass(frozen=True)
@@ -121,14 +126,28 @@ def _fail(path: Path, field_: str, problem: str, fix: str) -> SpecError:
     return SpecError(f"{path.name}: {field_}: {problem}. Fix: {fix}")
 
 
-def _literal(path: Path, node: ast.AST, name: str):
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise _fail(
-            path, name, f"must be a literal (line {node.lineno})",
-            "write it with plain numbers, strings, lists and dicts so expost can plan without importing torch",
-        ) from None
+def _fields(path: Path, tree: ast.Module) -> dict[str, Any]:
+    """The spec fields the script assigns at its top level, evaluated without importing it."""
+    module = Module(tree)
+    found: dict[str, Any] = {}
+    for key in FIELDS:
+        try:
+            stmt = module.final(key)
+            if stmt is not None:
+                _no_duplicate_keys(path, stmt.value, key)
+                found[key] = module.value(stmt)
+        except NotStatic as e:
+            raise _not_static(path, key, e) from None
+        except RecursionError:
+            raise _fail(path, key, "is nested too deeply to read", "write it flatter") from None
+    return found
+
+
+def _not_static(path: Path, key: str, e: NotStatic) -> SpecError:
+    chain = e.via if len(e.via) <= 4 else [*e.via[:2], "...", e.via[-1]]
+    via = f" (through {' -> '.join(chain)})" if chain else ""
+    where = f"{path.name}:{e.line}" if e.line else path.name
+    return SpecError(f"{where}: {key}{via}: {e.problem}. Fix: {e.fix}")
 
 
 def _no_duplicate_keys(path: Path, node: ast.AST, name: str) -> None:
@@ -257,7 +276,7 @@ def code_key(path: Path, outputs: dict[str, Output]) -> tuple[str, dict[str, str
 
 
 def load_static(path: Path) -> Spec:
-    """Read the literal part of the spec without executing the script."""
+    """Read the spec's fields (FIELDS) without executing the script."""
     path = Path(path)
     try:
         tree = parse(path)
@@ -265,15 +284,10 @@ def load_static(path: Path) -> Spec:
         raise SpecError(
             f"{path.name}:{e.lineno}: syntax error: {e.msg}. Fix the script (python {path.name} shows the same error)."
         ) from None
-    found: dict[str, Any] = {}
+    found = _fields(path, tree)
     has_run = has_batch = False
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            key = node.targets[0].id
-            if key in ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT"):
-                _no_duplicate_keys(path, node.value, key)
-                found[key] = _literal(path, node.value, key)
-        elif isinstance(node, ast.FunctionDef) and node.name == "run":
+        if isinstance(node, ast.FunctionDef) and node.name == "run":
             has_run = True
         elif isinstance(node, ast.FunctionDef) and node.name == "run_batch":
             has_batch = True
@@ -414,8 +428,39 @@ def load_full(path: Path) -> Spec:
     if not callable(getattr(module, "run", None)):
         raise _fail(spec.path, "run", "is not callable", "define `def run(cfg, seed):`")
     spec.module = module
+    _same_as_imported(spec.path, module)
     spec.claims = _check_claims(spec, getattr(module, "CLAIMS", []))
     return spec
+
+
+def _same_as_imported(path: Path, module: ModuleType) -> None:
+    """The fields read without importing are what the import gives: a value changed by code the static
+    read cannot follow (a function called at module level that changes it) would plan other runs."""
+    for key, value in _fields(path, parse(path)).items():
+        imported = getattr(module, key, None)
+        if not _same(value, imported):
+            raise _fail(path, key, f"importing the script gives {_short(imported)}, but expost reads it without "
+                        f"importing as {_short(value)}",
+                        f"assign {key} at the top level and do not change it afterwards (expost plans the runs "
+                        "from the value it reads without importing the script)")
+
+
+def _same(a, b) -> bool:
+    """Equal values of equal types, all the way down (1 is not 1.0 nor True; NaN is NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(_same(ka, kb) and _same(a[ka], b[kb]) for ka, kb in zip(a, b))
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_claims(spec: Spec, raw) -> list[Claim]:
