@@ -69,3 +69,7 @@ class TemplateError(ExpostError):
 
 class PublishError(ExpostError):
     """An export or publish step was refused."""
+
+
+class AdoptError(ExpostError):
+    """A file given to `expost adopt` cannot be turned into an experiment: names the file and the fix."""
