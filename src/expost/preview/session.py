@@ -4,7 +4,7 @@ went stale and re-renders the posts it affects into the cache; the pages read it
     watch (stat every file of experiments/, templates/, expost.toml)
       -> plan each post (Workspace.posts) -> run what the cache lacks (Workspace.run_missing, workers
          forked from this process, which has torch, matplotlib and expost imported)
-      -> render the posts whose key changed (Workspace.draft) into .expost/preview/NAME/<n>/
+      -> render the posts whose key changed (Workspace.draft) into .expost/preview/NAME/PID-N/
       -> State: the new page, its claims' verdicts, progress and errors, pushed to the open pages
 
 A post whose inputs did not change is not rendered again; a figure whose data did not change is not
