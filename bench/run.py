@@ -8,9 +8,11 @@ Rows: noop (no-op `expost build` against `python -c pass` and a no-op `dvc repro
 seeds of the rank-1 S-curve, 2 workers, against a hand-written loop), batched (the same with
 `run_batch`), papermill (the same 10 seeds as one parameterised notebook per seed), overhead
 (logging 1e4 series points plus the cache write, in-process), render (`expost render --force`
-of a post with 6 figures x 10 seeds x 5000 steps), store (peak RSS of storing and plotting 1000
-seeds x 1e5 steps), isolated (the cold row's command against the same command of the last commit
-whose workers were reused across runs), tiny (1000 runs of ~1 ms, 2 workers, against a serial loop
+of a post with 6 figures x 10 seeds x 5000 steps), prose (a cold `expost build` after a
+prose-only edit of a 10-seed S-curve post, figure and verdicts from the cache, against the same
+with those caches removed), store (peak RSS of storing and plotting 1000 seeds x 1e5 steps),
+isolated (the cold row's command against the same command of the last commit whose workers were
+reused across runs), tiny (1000 runs of ~1 ms, 2 workers, against a serial loop
 that saves each result with np.save). Times are whole-process wall times, medians over repetitions
 after a warm-up run; expost and its baseline alternate within each repetition so both see the same
 machine load.
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
-ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "store", "isolated", "tiny")
+ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "prose", "store", "isolated", "tiny")
 SCURVES_WHERE = ["--where", "model=factored", "--where", "rank=1", "--where", "init_scale=0.001",
                  "--set", "steps=1000"]
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"]
@@ -641,6 +643,64 @@ def row_render(b: Bench) -> list[Row]:
                        "(6 `curves` figures); post.md, post.html, gist/ and manifest.json written each time"])]
 
 
+PROSE_POST = """---
+title: S-curves over ten seeds
+summary: One figure and one number from the rank-1 S-curve, for the prose-edit benchmark.
+experiments: [scurves]
+---
+{% set r = results("scurves") %}
+The loss is halfway down at {{ stat(r, "drop_step", unit="steps") }}.
+
+{{ claim("scurves", 0) }}
+
+{{ figure(r, "curves", "loss", logy=True, caption="Loss over training") }}
+"""
+
+
+def row_prose(b: Bench) -> list[Row]:
+    """A prose-only edit rebuilt by a cold `expost build`: the figure and the verdicts come from
+    the cache (a text-only render), against the same edit with the figure and verdict caches
+    removed before the build (the old path: import the experiment and torch for the claims,
+    matplotlib to draw)."""
+    ws, cache = b.tmp / "ws-prose", b.tmp / "cache-prose"
+    (ws / "experiments").mkdir(parents=True)
+    (ws / "templates").mkdir()
+    for name in ("scurves.py", "_lowrank.py"):
+        shutil.copy(ROOT / "experiments" / name, ws / "experiments" / name)
+    post = ws / "templates" / "prose.md.j2"
+    post.write_text(PROSE_POST)
+    b.git_commit(ws)
+    env = b.env_with(cache)
+    cmd = [b.expost, "build", "prose", *SCURVES_WHERE, "--seeds", "10", "-q"]
+    run_cmd([*cmd, "-j", "2"], env, ws)  # the 10 runs, once
+    edits = iter(range(10 ** 6))
+
+    def rebuild(drop_caches: bool, argv=cmd) -> tuple[float, subprocess.CompletedProcess]:
+        with post.open("a") as f:
+            f.write(f"\nAn edited sentence, number {next(edits)}.\n")
+        if drop_caches:
+            for folder in ("figures", "verdicts"):
+                shutil.rmtree(cache / folder, ignore_errors=True)
+        wall, p = run_cmd(argv, env, ws)
+        if "prose: rendered" not in p.stdout:
+            raise BenchError(f"the build after a prose edit did not render:\n{p.stdout}{p.stderr}")
+        return wall, p
+
+    r = alternate(b.reps(7), 1, {"cached": lambda i: rebuild(False)[0], "uncached": lambda i: rebuild(True)[0]})
+    _, p = rebuild(False, [PYTHON, "-X", "importtime", "-m", "expost", *cmd[1:]])
+    imported = {m.group(1) for m in re.finditer(r"^import time:.*\|\s*(\S+)$", p.stderr, re.M)}
+    heavy = sorted(m for m in ("torch", "matplotlib", "expost_experiment_scurves") if m in imported)
+    e, old = med(r["cached"]), med(r["uncached"])
+    return [Row("prose-only edit, cold `expost build` (10-seed S-curve post, 1 figure) vs without the figure and "
+                "verdict caches", fmt_s(e), fmt_s(old), f"{e / old:.2f}x", "<= 0.6 s", yes(e <= 0.6 and not heavy),
+                reps=r, notes=[f"with the caches: {spread(r['cached'], r.get('cached warm-up'))}",
+                               f"caches removed before each build: {spread(r['uncached'], r.get('uncached warm-up'))}",
+                               "each build follows a new sentence appended to the template; runs cached beforehand",
+                               "`-X importtime` of one more such build: "
+                               + (f"imported {', '.join(heavy)}" if heavy else
+                                  "neither torch, nor matplotlib, nor the experiment imported")])]
+
+
 def row_store(b: Bench) -> list[Row]:
     seeds = 100 if b.quick else 1000
     cache = b.tmp / "cache-store"
@@ -833,7 +893,7 @@ def row_tiny(b: Bench) -> list[Row]:
 
 
 ROW_FUNCS = {"noop": row_noop, "cold": row_cold, "batched": row_batched, "papermill": row_papermill,
-             "overhead": row_overhead, "render": row_render, "store": row_store, "isolated": row_isolated,
+             "overhead": row_overhead, "render": row_render, "prose": row_prose, "store": row_store, "isolated": row_isolated,
              "tiny": row_tiny}
 
 

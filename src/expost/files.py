@@ -71,6 +71,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
+def write_sealed(path: Path, data: bytes) -> None:
+    """Write `data` behind its own sha256 (one line of hex), atomically: `read_sealed` then serves
+    the bytes only while they are intact, so a truncated or damaged file is never passed on."""
+    atomic_write(path, hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def read_sealed(path: Path) -> bytes | None:
+    """The bytes `write_sealed` stored, or None when the file is missing, unreadable or damaged."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    seal, data = raw[:64], raw[65:]
+    if raw[64:65] != b"\n" or hashlib.sha256(data).hexdigest().encode() != seal:
+        return None
+    return data
+
+
 @contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive advisory lock (flock) held for the block; released if the process dies."""

@@ -3,6 +3,8 @@
 - A run's key: the code a run computes with (what `run` reaches, see runs/reach.py), the
   resolved config, the seed and a coarse environment fingerprint (`run_key`, `env_fingerprint`).
 - A static spec is remembered by the stat signatures of every file that decides it (`StaticSpecs`).
+- A drawn figure's key (`figure_key`) and a set of claim verdicts' key (`verdicts_key`): what
+  was drawn or evaluated, on which exact cached records, by which code, with which packages.
 - A post's key (`post_key`): every template it reads at any depth, its run keys and experiment
   sources, expost's own code, the versions of every installed package that decides the bundle's
   bytes, the settings, and the published record. Its stamp (`PostStamp`) remembers the key and
@@ -107,6 +109,27 @@ def code_hash() -> str:
         if p.is_file() and p.suffix in (".py", ".j2", ".tmpl", ".css") and "__pycache__" not in p.parts:
             h.update(p.relative_to(EXPOST_ROOT).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
+
+
+def figure_key(drawing: dict) -> str:
+    """A figure's bytes are decided by what is drawn (the drawing function, or an experiment's own
+    figure function by every byte of its files; each argument, arrays by the digest of their exact
+    bytes, results by the sha256 of each cache record) and by what draws it: `made_by`."""
+    return digest({"figure": drawing, **made_by()})
+
+
+def verdicts_key(experiment: str, file_hash: str, selection: dict, planned_seeds: int, records: dict) -> str:
+    """Claim verdicts are decided by every byte of the experiment's files (CLAIMS included), the
+    selection and the planned seeds (missing seeds make a verdict inconclusive), the exact cache
+    records evaluated, and `made_by` (claims are user code: any installed package may matter)."""
+    return digest({"verdicts": experiment, "file": file_hash, "selection": selection, "planned_seeds": planned_seeds,
+                   "records": records, **made_by()})
+
+
+def made_by() -> dict:
+    """What decides a derived result besides its inputs: expost's code, the python, and the version
+    of every installed distribution (user figure functions and claims may import any of them)."""
+    return {"code": code_hash(), "python": sys.version, "packages": installed_versions()}
 
 
 # --- static specs -------------------------------------------------------------------------------

@@ -9,6 +9,8 @@
         logs/<experiment>/      output and traceback of failed runs
         claims/<experiment>.json the last verdicts of `expost check`
         renders/<post>.json     the stamp of a post's last render
+        figures/<key[:2]>/<key> a drawn figure's bytes (behind their sha256), by all that decides them
+        verdicts/<key[:2]>/<key> claim verdicts by their inputs (never an evaluation in which one erred)
         specs.marshal           static specs remembered by the stats of their files
         preview/<post>/<pid>-<n>/ `expost preview`'s renders (never publish/)
         locks/  corrupt/        per-key locks; corrupt entries set aside
@@ -51,6 +53,14 @@ class CacheLayout:
 
     def render_stamp(self, post: str) -> Path:
         return self.root / "renders" / f"{post}.json"
+
+    def figure(self, key: str) -> Path:
+        """A drawn figure, by freshness.figure_key: a prose-only edit copies it instead of drawing."""
+        return self.root / "figures" / key[:2] / key
+
+    def verdicts(self, key: str) -> Path:
+        """Claim verdicts, by freshness.verdicts_key: a render that reuses them imports no experiment."""
+        return self.root / "verdicts" / key[:2] / key
 
     @property
     def specs_store(self) -> Path:

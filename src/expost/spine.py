@@ -93,14 +93,17 @@ class Built:
     git: dict | None = None  # the git state of the post's inputs, as the manifest records it
 
 
-def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path) -> Built:
+def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path, fresh: bool = False) -> Built:
     """Render and export the post from the cache into `out` (an empty folder). Never runs anything.
     A claim whose check raised or returned no booleans is shown as such in the post and listed
-    in Built.errors."""
+    in Built.errors. Figures and verdicts whose inputs did not change come from the cache, so an
+    experiment is imported only when one of them must be made anew; `fresh` (--force) makes all
+    of them anew."""
     from expost.runs import claims as claims_mod
-    from expost.runs.claims import validate
     from expost.runs.results import from_cache
+    from expost.runs.verdicts import Imported, judge
     from expost.publish.export import export
+    from expost.posts.figcache import FigureCache
     from expost.posts.render import RENDER_SECONDS, Inputs, render
 
     lacking = missing(ws, pp)
@@ -110,14 +113,15 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
         raise MissingRunsError(f"post {pp.post.name}: {len(lacking)} run(s) are not in the cache:\n{shown}{more}\n"
                                f"Run them with `expost run {' '.join(pp.specs)}` or `expost build {pp.post.name}`.",
                                lacking)
-    full, rsets, verdicts, seeds = {}, {}, {}, {}
+    rsets, verdicts, claims, seeds = {}, {}, {}, {}
+    imported = Imported(pp.specs, sel)  # static specs until a verdict or figure function needs the module
     for name, spec in pp.specs.items():
-        full[name] = validate(spec, sel)
         runs = pp.plans[name]
-        rsets[name] = from_cache(Cache(ws.cache_dir), full[name], runs)
+        rsets[name] = from_cache(Cache(ws.cache_dir), spec, runs)
         seeds[name] = sorted({r.seed for r in runs})
-        verdicts[name] = claims_mod.evaluate(full[name], rsets[name], len(seeds[name]))
-    inputs = Inputs(pp.post, full, rsets, verdicts, seeds, command)
+        verdicts[name], claims[name] = judge(ws.cache, spec, sel, len(seeds[name]), rsets[name], imported, fresh)
+    inputs = Inputs(pp.post, pp.specs, rsets, verdicts, seeds, command, claims=claims, load=imported,
+                    figure_cache=FigureCache(ws.cache, read=not fresh))
     rendered = render(inputs, ws.templates_dir, out, timeout=float(ws.settings.get("render_timeout", RENDER_SECONDS)))
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
     from expost.posts.html import post_to_html
@@ -127,8 +131,8 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
     html = post_to_html(rendered.markdown, title=pp.post.title, base_dir=out)
     (out / "post.html").write_text(html, encoding="utf-8")
     git = _git_state(ws, pp)
-    exported = export(ws, pp, full, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out), sel.device,
-                      git)
+    exported = export(ws, pp, pp.specs, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out),
+                      sel.device, git)
     errors = [f"{v.experiment}: claim {v.index} ({v.claim[:60]}){' [' + v.group + ']' if v.group else ''} could not "
               f"be evaluated: {v.detail}" for vs in verdicts.values() for v in vs if v.verdict == claims_mod.ERROR]
     return Built("rendered", exported.warnings, errors, git)
@@ -136,7 +140,8 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path)
 
 def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
                allow_secrets: bool = False) -> Built:
-    """Render into publish/NAME/ unless up to date."""
+    """Render into publish/NAME/ unless up to date; `force` renders anyway, drawing every figure
+    and evaluating every claim anew (nothing from the figure or verdict cache)."""
     command = command_for(pp.post, sel)
     key = render_key(ws, pp, command)
     if not force and up_to_date(ws, pp, key):
@@ -149,17 +154,17 @@ def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
     try:
         if not force and up_to_date(ws, pp, key):  # another build did it while this one waited
             return Built("up to date")
-        return _build_locked(ws, pp, sel, command, key, allow_secrets)
+        return _build_locked(ws, pp, sel, command, key, allow_secrets, fresh=force)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
 
 
 def _build_locked(ws: Layout, pp: PostPlan, sel: Selection, command: str, key: str,
-                  allow_secrets: bool) -> Built:
+                  allow_secrets: bool, fresh: bool = False) -> Built:
     stage = _stage(ws, pp)
     try:
-        built = render_to(ws, pp, sel, command, stage)
+        built = render_to(ws, pp, sel, command, stage, fresh)
         from expost.publish.safety import refuse_secrets
 
         if not allow_secrets:

@@ -1,6 +1,8 @@
 """Render stage: a post template plus results, verdicts and figures -> markdown.
 
-The renderer never runs experiments: it reads ResultSets and verdicts handed to it. Templates
+The renderer never runs experiments: it reads ResultSets and verdicts handed to it, and copies a
+figure whose inputs did not change from the figure cache (posts/figcache.py) instead of drawing it
+(nor importing matplotlib, nor the experiment for its own figure function). Templates
 render in a sandboxed Jinja environment with StrictUndefined; the helpers below are its globals.
 """
 
@@ -17,13 +19,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PureWindowsPath
 from types import FunctionType, ModuleType
+from typing import Callable
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from expost.posts import caveats
-from expost.runs.claims import Verdict, value_label
+from expost.runs.claims import ClaimText, Verdict, claim_texts, value_label
 from expost.posts.codeembed import extract
+from expost.posts.figcache import FigureCache
 from expost.errors import ExpostError, TemplateError
 from expost.fmt import num
 from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS, SUFFIX, Post, split_front_matter
@@ -94,14 +98,27 @@ def make_env(templates_dir: Path) -> SandboxedEnvironment:
 
 @dataclass
 class Inputs:
-    """Everything a render reads: no cache, no runner."""
+    """Everything a render reads: no run cache, no runner."""
 
     post: Post
-    specs: dict[str, Spec]  # fully loaded (module imported: figure functions)
+    specs: dict[str, Spec]  # static specs suffice (code, outputs, params); the module is imported lazily
     results: dict[str, ResultSet]
     verdicts: dict[str, list[Verdict]]
     seeds: dict[str, list[int]]
     command: str
+    claims: dict[str, list[ClaimText]] | None = None  # remembered with the verdicts; else from full specs
+    load: Callable[[str], Spec] | None = None  # imports an experiment: only a figure function not cached needs it
+    figure_cache: FigureCache | None = None  # drawn figures by their inputs; None draws every one
+
+    def claims_of(self, experiment: str) -> list[ClaimText]:
+        if self.claims is not None and experiment in self.claims:
+            return self.claims[experiment]
+        return claim_texts(self.specs[experiment])
+
+    def imported(self, experiment: str) -> Spec:
+        """The experiment with its module imported (a spec that has one, or `load`'s)."""
+        spec = self.specs[experiment]
+        return spec if spec.module is not None or self.load is None else self.load(experiment)
 
 
 @dataclass
@@ -120,9 +137,45 @@ class Helpers:
         self.figures: dict[str, Path] = {}
         self.count = 0
         self.jobs: list = []  # figures are drawn after the template, several at once
+        self.to_store: list[tuple[str, Path]] = []  # (key, path) of drawn figures, for the figure cache
+
+    def _key(self, function, path: Path, args: tuple, kwargs: dict | None = None) -> str | None:
+        return self.i.figure_cache.key(function, args, kwargs or {}, path) if self.i.figure_cache else None
+
+    def _fetched(self, key: str | None, path: Path) -> bool:
+        """The figure copied from the figure cache (no drawing, no matplotlib)."""
+        return self.i.figure_cache is not None and self.i.figure_cache.fetch(key, path)
+
+    def _queue(self, job: tuple, key: str | None) -> None:
+        self.jobs.append(job)
+        if key is not None:
+            self.to_store.append((key, job[1]))
 
     def _draw(self, fn, path: Path, *args, **kwargs) -> None:
-        self.jobs.append((fn, path, args, kwargs))
+        """A built-in kind: copied from the figure cache, or drawn by draw_all."""
+        key = self._key(f"{fn.__module__}.{fn.__qualname__}", path, args, kwargs)
+        if not self._fetched(key, path):
+            self._queue((fn, path, args, kwargs), key)
+
+    def _draw_own(self, spec: Spec, kind: str, path: Path, r: ResultSet) -> None:
+        """An experiment's figure function, keyed by every byte of the experiment's files: copied
+        from the figure cache without importing the experiment, or imported and drawn."""
+        from expost.posts import figures
+
+        name = kind if str(kind).startswith(FIGURE_PREFIX) else f"{FIGURE_PREFIX}{kind}"
+        missing = TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
+                                f"and no figure function `def {name}(ax, r)` in {spec.path.name}; figure "
+                                f"functions are named {FIGURE_PREFIX}NAME and used as figure(r, \"NAME\")")
+        if not str(kind).isidentifier() or kind.startswith("_"):
+            raise missing
+        own = lambda s: {"experiment": s.name, "function": name, "file": s.file_hash}
+        if self._fetched(self._key(own(spec), path, (r,)), path):
+            return
+        full = self.i.imported(spec.name)
+        fn = getattr(full.module, name, None)
+        if not isinstance(fn, FunctionType):
+            raise missing
+        self._queue((figures.custom, path, (fn, r), {}), self._key(own(full), path, (r,)))  # by what is drawn
 
     def draw_all(self) -> None:
         """Draw every figure the template asked for: in forked workers when there are several
@@ -144,6 +197,9 @@ class Helpers:
         for error in errors:
             if error:
                 raise TemplateError(error)
+        stored, self.to_store = self.to_store, []
+        for key, path in stored:
+            self.i.figure_cache.store(key, path)
 
     def globals(self) -> dict:
         return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
@@ -196,9 +252,10 @@ class Helpers:
                     break
         return f"```python\n{extract(path, name, region)}\n```"
 
-    def _verdicts(self, experiment: str, which) -> list[Verdict]:
-        spec = self._spec(experiment)
-        claims = spec.claims
+    def _verdicts(self, experiment: str, which) -> tuple[ClaimText, list[Verdict]]:
+        """The claim named by index or by a unique part of its text, and its verdicts."""
+        self._spec(experiment)
+        claims = self.i.claims_of(experiment)
         if isinstance(which, int):
             if not 0 <= which < len(claims):
                 raise TemplateError(f"claim({experiment!r}, {which}): {experiment} has {len(claims)} claims (0-based)")
@@ -210,20 +267,20 @@ class Helpers:
                                     f"or a unique part of the text. Claims: "
                                     + "; ".join(f"{c.index}: {c.text}" for c in claims))
             idx = hits[0]
-        return [v for v in self.i.verdicts[experiment] if v.index == idx]
+        return claims[idx], [v for v in self.i.verdicts[experiment] if v.index == idx]
 
     def claim(self, experiment: str, which) -> str:
         """The claim sentence with its verdict: '... — holds in 9 of 10 seeds.'"""
-        vs = self._verdicts(experiment, which)
-        text = vs[0].claim if vs else self._spec(experiment).claims[which].text
-        quantitative = bool(vs) and self._spec(experiment).claims[vs[0].index].value is not None
+        shown, vs = self._verdicts(experiment, which)
+        text = vs[0].claim if vs else shown.text
+        quantitative = bool(vs) and shown.quantitative
         said = "; ".join(caveats.claim_sentence(v) + (f" ({v.numbers})" if quantitative and v.numbers else "")
                          for v in vs)
         return f"**Claim:** {text} — *{said}.*"
 
     def verdict(self, experiment: str, which) -> str:
         """A claim's overall verdict: holds, fails, inconclusive, or mixed (its groups disagree)."""
-        kinds = {v.verdict for v in self._verdicts(experiment, which)}
+        kinds = {v.verdict for v in self._verdicts(experiment, which)[1]}
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def caveat(self, r: ResultSet, name: str, unit: str = "", by: str | None = None) -> str:
@@ -335,13 +392,7 @@ class Helpers:
             if extra:
                 raise TemplateError(f"figure(kind={kind!r}): xlim and hline apply to the built-in kinds; "
                                     "a figure function draws its own axes")
-            name = kind if str(kind).startswith(FIGURE_PREFIX) else f"{FIGURE_PREFIX}{kind}"
-            fn = getattr(spec.module, name, None) if str(kind).isidentifier() and not kind.startswith("_") else None
-            if not isinstance(fn, FunctionType):
-                raise TemplateError(f"figure kind {kind!r}: not a built-in kind (curves, scalar, seeds, panels) "
-                                    f"and no figure function `def {name}(ax, r)` in {spec.path.name}; figure "
-                                    f"functions are named {FIGURE_PREFIX}NAME and used as figure(r, \"NAME\")")
-            self._draw(figures.custom, path, fn, r)
+            self._draw_own(spec, kind, path, r)
             what = f"{n} seeds"
         self.figures[rel] = path
         alt_text = alt or f"{kind} of {output or kind}" + (f" by {by}" if by else "")

@@ -54,6 +54,20 @@ class Verdict:
                 "detail": self.detail, "xfail": self.xfail}
 
 
+@dataclass(frozen=True)
+class ClaimText:
+    """What a post shows of a declared claim besides its verdicts: remembered with the verdicts
+    (runs/verdicts.py), so a render that reuses them needs no import of the experiment."""
+
+    index: int
+    text: str
+    quantitative: bool  # a `value` claim: its numbers are shown with its verdict
+
+
+def claim_texts(spec: Spec) -> list[ClaimText]:
+    return [ClaimText(c.index, c.text, c.value is not None) for c in spec.claims]
+
+
 def value_label(value) -> str:
     """A config value as shown in labels: floats with sensible figures (1e-5, not 1e-05)."""
     from expost.fmt import num

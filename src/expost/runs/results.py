@@ -27,6 +27,7 @@ class Record:
     wall_s: float = 0.0
     key: str = ""
     series_len: dict | None = None  # from the cache entry: lets series() preallocate
+    digest: str = ""  # the sha256 of its cache entry (record_sha256), vouching for every value in it
 
 
 def _matches(value, wanted) -> bool:
@@ -191,14 +192,27 @@ def series_digest(values) -> str:
     return hashlib.sha256(np.asarray(values, dtype=np.float32).tobytes()).hexdigest()
 
 
+def identity(rs: ResultSet) -> dict | None:
+    """What vouches for everything a ResultSet holds: each record's run key, cache-entry sha256,
+    seed and config (a key for results derived from it); None when a record was not read from the
+    cache, so nothing vouches for its values."""
+    if not all(r.digest for r in rs.records):
+        return None
+    return {"experiment": rs.experiment, "outputs": rs.outputs,
+            "records": [[r.key, r.digest, r.seed, r.point, r.config] for r in rs.records]}
+
+
 def from_cache(cache, spec, runs: list) -> "ResultSet":
     """The cached runs among `runs` as a ResultSet (missing ones are left out)."""
+    from expost.runs.cache import RECORD_SHA
+
     records = []
     for r in runs:
-        entry = cache.read(r.key)
+        entry = cache.read(r.key)  # verified: the entry's contents match its record_sha256
         if entry is None:
             continue
         m = entry.meta
         records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
-                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len")))
+                              tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len"),
+                              m[RECORD_SHA]))
     return ResultSet(records, {n: o.declared for n, o in spec.outputs.items()}, spec.name)
