@@ -52,7 +52,8 @@ def test_gist_bundle_is_flat_complete_and_consistent(post_ws):
     names = sorted(p.name for p in gist.iterdir())
     assert all(p.is_file() for p in gist.iterdir())
     assert names == sorted(["README.md", "tiny_torch.py", "results-tiny_torch.csv", "results-tiny_torch.json",
-                            "fig1-curves-loss-lr.png", "fig2-seeds-loss.png", "requirements.txt", "manifest.json"])
+                            "fig1-curves-loss-lr.png", "fig2-seeds-loss.png", "requirements.txt", "manifest.json",
+                            "reproduce.py"])
     readme = (gist / "README.md").read_text()
     images = [t.attrs["src"] for t in walk(parse(readme)) if t.type == "image"]
     assert images and all((gist / src).is_file() for src in images)

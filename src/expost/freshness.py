@@ -37,12 +37,6 @@ from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS
 
 EXPOST_ROOT = Path(__file__).parent
 
-# Installed packages whose version can change a bundle's bytes (figures, markdown, HTML, maths,
-# highlighted code, the manifest's recorded versions).
-BUNDLE_PACKAGES = ("torch", "numpy", "matplotlib", "pillow", "jinja2", "markupsafe", "markdown-it-py",
-                   "mdit-py-plugins", "pygments", "latex2mathml")
-
-
 # --- keys ---------------------------------------------------------------------------------------
 
 def canonical(obj) -> str:
@@ -297,7 +291,7 @@ def post_inputs(ws: Layout, post_path: Path, specs) -> list[Path]:
 
 def post_key(ws: Layout, pp, command: str, published: dict | None) -> str:
     """Hash of everything a post's render reads, expost's own code and the installed packages
-    that decide its bytes included."""
+    (all of them: any may decide its bytes) included."""
     h = hashlib.sha256(code_hash().encode())
     for p in template_files(ws, pp.post.path):
         name = f"expost:{p.relative_to(EXPOST_ROOT).as_posix()}" if p.is_relative_to(EXPOST_ROOT) else ws.rel(p)
@@ -305,7 +299,9 @@ def post_key(ws: Layout, pp, command: str, published: dict | None) -> str:
     versions = installed_versions()
     h.update(digest({"post": pp.post.name, "version": __version__, "command": command, "published": published,
                      "settings": ws.settings, "python": sys.version,
-                     "packages": {n: versions.get(_normal(n)) for n in BUNDLE_PACKAGES},
+                     # every installed package: the gist's requirements pin what the experiments
+                     # import, and figure functions and claims may import anything
+                     "packages": versions,
                      "runs": {e: [r.key for r in rs] for e, rs in sorted(pp.plans.items())},
                      "sources": {e: s.file_hash for e, s in sorted(pp.specs.items())}}).encode())
     return h.hexdigest()

@@ -12,6 +12,7 @@ plus the results it was rendered from; writes:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import platform
@@ -32,6 +33,7 @@ MANIFEST_VERSION = 1
 WARN_BYTES = 1_000_000
 MAX_BYTES = 10_000_000
 GISTFILE = re.compile(r"^gistfile\d+", re.IGNORECASE)
+REPRODUCE = Path(__file__).parent / "standalone" / "reproduce.py"  # copied into every gist as is
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()figures/([^)\s]+)(\))")
 # Fields that differ between two honest rebuilds (timings); `build --check` ignores them.
 VOLATILE = ("wall_s",)
@@ -79,9 +81,72 @@ def _results_json(rs, spec) -> str:
                        "runs": runs}, sort_keys=True, indent=1) + "\n"
 
 
-def _requirements() -> str:
-    lines = [f"{name}=={v.split('+')[0]}" for name in ("torch", "numpy") if (v := dist_version(name))]
-    return "# the versions that produced these results (python " + platform.python_version() + ")\n" + "\n".join(lines) + "\n"
+def distributions_of(module: str) -> list[str]:
+    """The installed distributions that provide a top-level module. The distribution of the same
+    name, when its top_level.txt or RECORD lists the module, answers at once (torch, numpy, jinja2);
+    others (markdown_it from markdown-it-py, yaml from PyYAML) are looked up among all of them."""
+    try:
+        dist = metadata.distribution(module)
+    except (metadata.PackageNotFoundError, ValueError):
+        dist = None
+    if dist is not None:
+        top = dist.read_text("top_level.txt")
+        if top is not None and module in top.split():
+            return [dist.metadata["Name"]]
+        record = dist.read_text("RECORD") or ""
+        if re.search(rf"^{re.escape(module)}(/|\.py,|\.[^/,]*\.(so|pyd),)", record, re.M):
+            return [dist.metadata["Name"]]
+    return sorted(set(_all_distributions().get(module, ())))
+
+
+@functools.lru_cache(maxsize=1)
+def _all_distributions() -> dict:
+    return metadata.packages_distributions()  # reads every distribution's RECORD: ~0.1 s
+
+
+def _requirements(specs: dict) -> tuple[str, list[str]]:
+    """requirements.txt: every distribution the experiments import (their files and the local
+    modules they import, imports inside functions included), pinned to the installed version;
+    plus warnings for imports that no installed distribution provides."""
+    from expost.runs.spec import _imported
+
+    local, modules = set(), set()
+    for spec in specs.values():
+        for src in local_sources(spec.path, spec.path.parent):
+            local.add(src.parent.name if src.name == "__init__.py" else src.stem)
+            modules.update(_imported(src))
+    modules -= local | set(sys.stdlib_module_names) | {"__future__"}
+    pins, missing = set(), []
+    for module in sorted(modules):
+        dists = [(d, dist_version(d)) for d in distributions_of(module)]
+        if not any(v for _, v in dists):
+            missing.append(module)
+        pins.update(f"{d}=={v.split('+')[0]}" for d, v in dists if v)
+    lines = ["# what the experiments import, at the versions that produced these results "
+             f"(python {platform.python_version()})", *sorted(pins, key=str.lower)]
+    lines += [f"# {m}: imported, but not installed where these results were made; install it by hand" for m in missing]
+    warnings = [f"gist requirements.txt: no installed package provides `import {m}`; a reader must install it by hand"
+                for m in missing]
+    return "\n".join(lines) + "\n", warnings
+
+
+def _run_it(specs: dict, plans: dict) -> str:
+    """The gist README's last section: how to rerun it all from the gist alone."""
+    seeds = sorted({len({r.seed for r in plans[name]}) for name in specs})
+    total = sum(len(plans[name]) for name in specs)
+    commands = [("pip install -r requirements.txt", "")]
+    commands += [(f"python {name}.py", f"one run of {name}: its default configuration, seed 1") for name in specs]
+    commands += [("python reproduce.py --seeds 2", "seeds 1-2 of every configuration, compared with results-*.json"),
+                 ("python reproduce.py", f"all {total} runs ({' / '.join(map(str, seeds))} seeds each)")]
+    width = max(len(c) for c, _ in commands) + 2
+    block = [f"{c.ljust(width)}# {why}" if why else c for c, why in commands]
+    files = " ".join(f"`results-{name}.csv` and `results-{name}.json` hold each run's config, seed and numbers."
+                     for name in specs)
+    return "\n".join(["## Run it", "", "Everything needed to rerun this post's experiments is in this gist, without "
+                      "expost:", "", "```bash", *block, "```", "",
+                      "`reproduce.py` seeds each run as expost did and reports it as identical, within tolerance "
+                      f"(relative 1e-5) or drifted. {files} `manifest.json` records the versions, the commit and the "
+                      "command that made them.", ""])
 
 
 def _add(files: dict, name: str, origin: str) -> None:
@@ -105,7 +170,8 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     relative_md = (stage / "post.md").read_text(encoding="utf-8")
 
     _add(names, "README.md", "the post")
-    (gist / "README.md").write_text(IMAGE_LINK.sub(r"\1\2\3", relative_md), encoding="utf-8")
+    readme = IMAGE_LINK.sub(r"\1\2\3", relative_md).rstrip("\n") + "\n\n" + _run_it(specs, pp.plans)
+    (gist / "README.md").write_text(readme, encoding="utf-8")
     copied: set[Path] = set()  # experiments may share a helper module
     for name, spec in specs.items():
         for src in local_sources(spec.path, spec.path.parent):
@@ -127,7 +193,11 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
         _add(names, fig.name, f"figures/{fig.name}")
         shutil.copyfile(fig, gist / fig.name)
     _add(names, "requirements.txt", "pinned versions")
-    (gist / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+    requirements, warnings = _requirements(specs)
+    out.warnings += warnings
+    (gist / "requirements.txt").write_text(requirements, encoding="utf-8")
+    _add(names, "reproduce.py", "expost's standalone rerun script")
+    shutil.copyfile(REPRODUCE, gist / "reproduce.py")
     _add(names, "manifest.json", "the manifest")
 
     forum, warnings = to_forum_markdown(relative_md, image_url)
