@@ -22,7 +22,7 @@ EXIT_INCONCLUSIVE = 3
 
 
 def selection_options(f):
-    """--seeds/--set/--where/--device: which runs a command is about. Written once, used everywhere."""
+    """--seeds/--set/--where/--device/--profile: which runs a command is about. Written once, used everywhere."""
     @click.option("--seeds", type=click.IntRange(min=1), default=None,
                   help="Number of seeds (1..N); default: each experiment's SEEDS.")
     @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
@@ -31,13 +31,15 @@ def selection_options(f):
                   help="Only configs whose parameter KEY equals VALUE. Repeatable.")
     @click.option("--device", default="cpu", show_default=True,
                   help="Device for experiments with a 'device' parameter (cpu, cuda, cuda:1).")
+    @click.option("--profile", default=None, metavar="NAME",
+                  help="Run under each experiment's PROFILES[NAME] (e.g. a shrunk cpu setting).")
     @functools.wraps(f)
-    def wrapper(*args, seeds, set_, where, device, **kwargs):
+    def wrapper(*args, seeds, set_, where, device, profile, **kwargs):
         from expost.runs.plan import parse_assignments
 
         try:
             sel = Workspace.selection(seeds, parse_assignments(set_, "--set"), parse_assignments(where, "--where"),
-                                      device)
+                                      device, profile)
         except ExpostError as e:
             raise click.UsageError(str(e)) from None
         return f(*args, sel=sel, **kwargs)

@@ -133,7 +133,7 @@ class StaticSpecs:
     decides it, so a no-op build parses and hashes no source (a file git's rules cannot vouch for
     is read again)."""
 
-    VERSION = 5  # 5: spec fields may be Python over constants (runs/spec_eval.py)
+    VERSION = 6  # 5: spec fields may be Python over constants (runs/spec_eval.py); 6: PROFILES
 
     def __init__(self, ws: Layout):
         self.path = ws.cache.specs_store

@@ -178,4 +178,8 @@ def load_settings(root: Path) -> dict:
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
         raise WorkspaceError(f"expost.toml: render_timeout = {timeout!r} is not a positive number of seconds; "
                              "write render_timeout = 60")
+    profile = settings.get("profile")
+    if profile is not None and (not isinstance(profile, str) or not profile.isidentifier()):
+        raise WorkspaceError(f"expost.toml: profile = {profile!r} is not a profile name; write profile = \"cpu\" "
+                             "(used by every experiment whose PROFILES has it)")
     return settings

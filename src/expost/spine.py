@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from expost.runs.cache import Cache
@@ -23,7 +23,7 @@ from expost.errors import DiskError, MissingRunsError, PublishError, SpecError
 from expost.files import disk_problem
 from expost.freshness import PostStamp, post_inputs, post_key
 from expost.gitstate import git_state, head
-from expost.runs.plan import Selection, load_specs, plan_runs
+from expost.runs.plan import Selection, load_specs, plan_runs, profile_of, with_settings
 from expost.runs.plan import PlannedRun
 from expost.posts.post import Post, PostPlan
 from expost.publish.records import image_urls, published_records
@@ -41,9 +41,16 @@ def plan_post(ws: Layout, post: Post, sel: Selection, confirm_large: bool = True
             raise SpecError(f"{post.path.name}: front matter experiments: no experiment {exp!r} in experiments/. "
                             f"Available: {', '.join(sorted(n for n in names if not n.startswith('_')))}")
     specs = {s.name: s for s in load_specs(ws, tuple(post.experiments))}
-    if post.seeds and sel.seeds is None:
-        sel = Selection(seeds=post.seeds, set=sel.set, where=sel.where, device=sel.device)
-    return PostPlan(post, specs, plan_runs(list(specs.values()), sel, confirm_large))
+    sel = post_selection(ws, post, sel)
+    return PostPlan(post, specs, plan_runs(list(specs.values()), sel, confirm_large),
+                    {name: profile_of(spec, sel) for name, spec in specs.items()})
+
+
+def post_selection(ws: Layout, post: Post, sel: Selection) -> Selection:
+    """The selection a post's runs are planned with: its front matter's seeds and profile unless
+    the command line gave them, and expost.toml's default profile."""
+    return with_settings(replace(sel, seeds=sel.seeds if sel.seeds is not None else post.seeds,
+                                 profile=sel.profile if sel.profile is not None else post.profile), ws.settings)
 
 
 def union_of_runs(pps: list[PostPlan]) -> tuple[list[Spec], dict[str, list[PlannedRun]]]:
@@ -64,6 +71,8 @@ def command_for(post: Post, sel: Selection) -> str:
         parts.append(f"--seeds {sel.seeds}")
     parts += [f"--set {k}={v}" for k, v in sel.set.items()]
     parts += [f"--where {k}={v}" for k, v in sel.where.items()]
+    if sel.profile:
+        parts.append(f"--profile {sel.profile}")
     return " ".join(parts)
 
 
@@ -121,7 +130,7 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path,
         seeds[name] = sorted({r.seed for r in runs})
         verdicts[name], claims[name] = judge(ws.cache, spec, sel, len(seeds[name]), rsets[name], imported, fresh)
     inputs = Inputs(pp.post, pp.specs, rsets, verdicts, seeds, command, claims=claims, load=imported,
-                    figure_cache=FigureCache(ws.cache, read=not fresh))
+                    figure_cache=FigureCache(ws.cache, read=not fresh), profiles=pp.profiles)
     rendered = render(inputs, ws.templates_dir, out, timeout=float(ws.settings.get("render_timeout", RENDER_SECONDS)))
     (out / "post.md").write_text(rendered.markdown, encoding="utf-8")
     from expost.posts.html import post_to_html

@@ -136,20 +136,23 @@ class Workspace:
 
     @staticmethod
     def selection(seeds: int | None = None, set: dict | None = None, where: dict | None = None,
-                  device: str = "cpu"):
-        """Which runs a verb is about: --seeds, --set KEY=VALUE, --where KEY=VALUE, --device."""
+                  device: str = "cpu", profile: str | None = None):
+        """Which runs a verb is about: --seeds, --set KEY=VALUE, --where KEY=VALUE, --device,
+        --profile NAME (a set of parameter values from each experiment's PROFILES)."""
         from expost.runs.plan import Selection
 
         if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
             raise ConfigError(f"seeds={seeds!r}: give a positive integer")
+        if profile is not None and (not isinstance(profile, str) or not profile.isidentifier()):
+            raise ConfigError(f"profile={profile!r}: give a profile name such as cpu")
         return Selection(seeds=seeds, set={k: _text(v) for k, v in (set or {}).items()},
-                         where={k: _text(v) for k, v in (where or {}).items()}, device=device)
+                         where={k: _text(v) for k, v in (where or {}).items()}, device=device, profile=profile)
 
     def plan(self, experiments=(), sel=None, *, confirm_large: bool = True) -> tuple[list, dict]:
         """(static specs, {experiment: planned runs}) for the named experiments (all by default)."""
-        from expost.runs.plan import load_specs, plan_runs
+        from expost.runs.plan import load_specs, plan_runs, with_settings
 
-        sel = sel or self.selection()
+        sel = with_settings(sel or self.selection(), self.layout.settings)
         specs = load_specs(self.layout, _names(experiments))
         return specs, plan_runs(specs, sel, confirm_large=confirm_large)
 

@@ -29,7 +29,7 @@ SUFFIX = ".md.j2"
 LAYOUT = f"layout{SUFFIX}"  # wraps every post; a workspace's own overrides the package's
 PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the package's templates (searched after templates/)
 REQUIRED = ("title", "summary", "experiments")
-OPTIONAL = ("tags", "seeds")
+OPTIONAL = ("tags", "seeds", "profile")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -43,6 +43,7 @@ class Post:
     tags: list[str] = field(default_factory=list)
     seeds: int | None = None
     body_offset: int = 0  # lines taken by the front matter (kept blank so Jinja line numbers match)
+    profile: str | None = None  # front matter profile: every experiment of the post runs under it
 
 
 @dataclass
@@ -52,6 +53,7 @@ class PostPlan:
     post: Post
     specs: dict[str, Spec]  # static specs
     plans: dict[str, list[PlannedRun]]
+    profiles: dict[str, str | None] = field(default_factory=dict)  # the profile each experiment runs under
 
     @property
     def runs(self) -> list[PlannedRun]:
@@ -146,8 +148,12 @@ def load_post(path: Path) -> Post:
     if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
         raise TemplateError(f"{path.name}: front matter seeds: {seeds!r} is not a positive integer; "
                             "write seeds: 10 (or remove the line to use each experiment's SEEDS)")
+    profile = meta.get("profile")
+    if profile is not None and (not isinstance(profile, str) or not profile.isidentifier()):
+        raise TemplateError(f"{path.name}: front matter profile: {profile!r} is not a profile name; write "
+                            "profile: cpu (a name in each experiment's PROFILES), or remove the line")
     return Post(name, path, str(meta["title"]), str(meta["summary"]), exps,
-                [str(t) for t in (tags if isinstance(tags, list) else [tags])], seeds, offset)
+                [str(t) for t in (tags if isinstance(tags, list) else [tags])], seeds, offset, profile)
 
 
 def find_posts(templates_dir: Path, names=()) -> list[Post]:

@@ -109,6 +109,7 @@ class Inputs:
     claims: dict[str, list[ClaimText]] | None = None  # remembered with the verdicts; else from full specs
     load: Callable[[str], Spec] | None = None  # imports an experiment: only a figure function not cached needs it
     figure_cache: FigureCache | None = None  # drawn figures by their inputs; None draws every one
+    profiles: dict[str, str | None] = field(default_factory=dict)  # the PROFILES entry each experiment ran under
 
     def claims_of(self, experiment: str) -> list[ClaimText]:
         if self.claims is not None and experiment in self.claims:
@@ -536,8 +537,17 @@ def _repro(inputs: Inputs) -> dict:
                          "of its numbers.")
         if len(seeds) < caveats.FEW_SEEDS:
             notes.append(f"{exp}: only {len(seeds)} seeds: too few to judge seed variance.")
-    seed_text = "; ".join(f"{exp}: {_seed_range(s)}" for exp, s in inputs.seeds.items())
+    seed_text = "; ".join(f"{exp}: {_seed_range(s)}{_profile(inputs, exp)}" for exp, s in inputs.seeds.items())
     return {"claims": claims, "notes": notes, "seeds": seed_text, "command": inputs.command}
+
+
+def _profile(inputs: Inputs, experiment: str) -> str:
+    """', profile cpu (steps=500, n=31)': the profile an experiment ran under, with its values."""
+    name = inputs.profiles.get(experiment)
+    if not name:
+        return ""
+    values = inputs.specs[experiment].profiles[name]
+    return f", profile {name} ({', '.join(f'{k}={num(v) if isinstance(v, float) else v}' for k, v in values.items())})"
 
 
 def _seed_range(seeds: list[int]) -> str:

@@ -217,7 +217,8 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
                    "source_hash": spec.source_hash, "seeds": seeds[name],
                    "configs": _configs(pp.plans[name]),
                    "runs": [{"config": r.label, "seed": r.seed, "key": r.key,
-                             "wall_s": _wall(rsets[name], r.key)} for r in pp.plans[name]]}
+                             "wall_s": _wall(rsets[name], r.key)} for r in pp.plans[name]],
+                   **_profile(spec, pp.profiles.get(name))}
             for name, spec in specs.items()},
         "claims": [v.as_dict() for name in specs for v in verdicts[name]],
     }
@@ -230,6 +231,11 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     (gist / "manifest.json").write_text(text, encoding="utf-8")
     out.warnings += check_gist(gist)
     return out
+
+
+def _profile(spec, name: str | None) -> dict:
+    """The manifest's record of the PROFILES entry an experiment ran under (nothing without one)."""
+    return {"profile": {"name": name, "values": spec.profiles[name]}} if name else {}
 
 
 def _configs(runs) -> list[dict]:

@@ -4,7 +4,7 @@ and key every run."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from expost.errors import ConfigError, SpecError
 from expost.freshness import StaticSpecs, canonical, digest, env_fingerprint, run_key
@@ -177,6 +177,8 @@ class Selection:
     set: dict = field(default_factory=dict)  # raw strings, coerced per experiment
     where: dict = field(default_factory=dict)
     device: str = "cpu"
+    profile: str | None = None  # --profile or a post's front matter: every experiment must define it
+    default_profile: str | None = None  # expost.toml's profile: used by the experiments that define it
 
 
 def load_specs(ws: Layout, names=()) -> list[Spec]:
@@ -198,6 +200,31 @@ def load_specs(ws: Layout, names=()) -> list[Spec]:
     return specs
 
 
+def profile_of(spec: Spec, sel: Selection) -> str | None:
+    """The profile an experiment runs under: the one asked for (it must exist), else expost.toml's
+    default where the experiment defines it, else none."""
+    if sel.profile is not None:
+        if sel.profile not in spec.profiles:
+            have = ", ".join(spec.profiles) or "none"
+            raise ConfigError(f"profile {sel.profile!r}: {spec.name} has no such profile (its PROFILES: {have}). "
+                              f"Add it to PROFILES in {spec.path.name}, or leave {spec.name} out of this command")
+        return sel.profile
+    return sel.default_profile if sel.default_profile in spec.profiles else None
+
+
+def with_settings(sel: Selection, settings: dict) -> Selection:
+    """expost.toml's `profile` as the default profile (used where an experiment defines it)."""
+    default = settings.get("profile")
+    return replace(sel, default_profile=default) if default and sel.default_profile is None else sel
+
+
+def profiled(spec: Spec, sel: Selection) -> Spec:
+    """The spec as its profile sets it: the profile's values replace the defaults in PARAMS (the
+    sweep still varies its axes; --set still wins)."""
+    name = profile_of(spec, sel)
+    return replace(spec, params={**spec.params, **spec.profiles[name]}) if name else spec
+
+
 def overrides(spec: Spec, sel: Selection) -> tuple[dict, dict]:
     over = {k: coerce(spec, k, v, "--set") for k, v in sel.set.items()}
     where = {k: coerce(spec, k, v, "--where") for k, v in sel.where.items()}
@@ -208,6 +235,7 @@ def plan_runs(specs: list[Spec], sel: Selection, confirm_large: bool = True) -> 
     """Every planned run, keyed. The plan's size is counted first, without building it: over
     MAX_RUNS_WITHOUT_CONFIRM runs needs confirmation (--yes), over MAX_RUNS is refused."""
     limit = MAX_RUNS_WITHOUT_CONFIRM if confirm_large else MAX_RUNS
+    specs = [profiled(spec, sel) for spec in specs]
     sizes = {}
     for spec in specs:
         over, where = overrides(spec, sel)

@@ -41,7 +41,7 @@ KINDS = ("series", "scalar")
 CLAIM_KEYS = {"claim", "check", "value", "expect", "where", "per", "min_frac", "metric", "xfail"}
 EXPECT_KINDS = ("approx", "above", "below", "between")
 SCALAR_TYPES = (bool, int, float, str)
-FIELDS = ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT")  # read without importing the script
+FIELDS = ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT", "PROFILES")  # read without importing the script
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Spec:
     parts: dict = field(default_factory=dict)  # "module.name" -> digest of each part the key covers
     file_hash: str = ""  # every byte of the script and its local modules: what a post shows
     timeout: float | None = None  # TIMEOUT: seconds a run may take before it is stopped
+    profiles: dict = field(default_factory=dict)  # PROFILES: name -> parameter values replacing defaults
 
     @property
     def axes(self) -> list[str]:
@@ -307,12 +308,35 @@ def load_static(path: Path) -> Spec:
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0):
         raise _fail(path, "TIMEOUT", f"{timeout!r} is not a positive number of seconds",
                     "set TIMEOUT = 600 (seconds a run may take before it is stopped), or remove it")
+    profiles = _check_profiles(path, found.get("PROFILES", {}), params)
     code, parts = code_key(path, outputs)
     return Spec(
         name=path.stem, path=path, source_hash=code, file_hash=file_hash(path, path.parent), parts=parts,
         params=params, sweep=sweep, seeds=seeds, outputs=outputs, batched=has_batch,
-        timeout=float(timeout) if timeout is not None else None,
+        timeout=float(timeout) if timeout is not None else None, profiles=profiles,
     )
+
+
+def _check_profiles(path: Path, profiles, params: dict) -> dict:
+    """PROFILES = {"cpu": {"n": 31, "steps": 1500}}: named sets of parameter values that replace
+    the defaults (a shrunk setting beside the paper's), each value of its default's type."""
+    if not isinstance(profiles, dict):
+        raise _fail(path, "PROFILES", "must be a dict of profile name -> {parameter: value}",
+                    'write PROFILES = {"cpu": {"steps": 500}}')
+    for name, values in profiles.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise _fail(path, f"PROFILES[{name!r}]", "profile names must be identifiers", 'use a name like "cpu"')
+        if not isinstance(values, dict) or not values:
+            raise _fail(path, f"PROFILES[{name!r}]", "must be a non-empty dict of parameter -> value",
+                        f'write PROFILES = {{"{name}": {{"steps": 500}}}}')
+        for key, value in values.items():
+            if key not in params:
+                raise _fail(path, f"PROFILES[{name!r}][{key!r}]", "is not a parameter",
+                            f"add {key!r} with its default to PARAMS (known: {', '.join(params)})")
+            if not type_fits(params[key], value):
+                raise _fail(path, f"PROFILES[{name!r}][{key!r}]", f"{value!r} is a {type(value).__name__}, but the "
+                            f"default {params[key]!r} is a {type(params[key]).__name__}", "give a value of that type")
+    return profiles
 
 
 def _check_params(path: Path, params) -> dict:
