@@ -17,6 +17,7 @@ from expost.publish import gist
 from expost.errors import PublishError
 from expost.publish.gist import get_token, publish
 
+RAW = "https://example.org/raw/{commit}/{filename}"  # a remote's raw files, as expost.toml's raw_url_template
 PNG = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256))
 
 
@@ -73,21 +74,21 @@ def bundle_bytes(b):
 
 
 def test_remote_first_publish_pushes_every_file(bundle, bare, tmp_path):
-    rec = publish(bundle, record=None, description="S-curves", token=None, remote=str(bare))
+    rec = publish(bundle, record=None, description="S-curves", token=None, remote=str(bare), raw_url_template=RAW)
 
     assert checkout(bare, tmp_path / "co") == bundle_bytes(bundle)
-    assert rec["kind"] == "remote" and rec["git_url"] == str(bare)
+    assert rec["kind"] == "remote" and rec["git_url"].startswith("local:") and str(bare) not in str(rec)
     assert commits(bare) == [rec["commit"]]
     log = run("git", "-C", str(tmp_path / "co"), "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s")
     me = "expost <expost@users.noreply.github.com>"
     assert log == f"{me}|{me}|Publish scurves (expost)"
-    assert rec["raw_urls"]["loss.png"] == f"{bare}/raw/{rec['commit']}/loss.png"
+    assert rec["raw_urls"]["loss.png"] == f"https://example.org/raw/{rec['commit']}/loss.png"
     assert set(rec["raw_urls"]) == set(rec["files"]) == set(bundle_bytes(bundle))
 
 
 def test_remote_republish_unchanged_makes_no_commit(bundle, bare):
-    first = publish(bundle, record=None, description="S-curves", token=None, remote=str(bare))
-    again = publish(bundle, record=first, description="S-curves", token=None, remote=str(bare))
+    first = publish(bundle, record=None, description="S-curves", token=None, remote=str(bare), raw_url_template=RAW)
+    again = publish(bundle, record=first, description="S-curves", token=None, remote=str(bare), raw_url_template=RAW)
 
     assert again == first
     assert commits(bare) == [first["commit"]]
@@ -119,7 +120,7 @@ def test_remote_keeps_existing_history_and_default_branch(bundle, tmp_path):
     run("git", "clone", "--quiet", "--bare", str(work), str(bare))
     old = commits(bare)
 
-    rec = publish(bundle, record=None, description="d", token=None, remote=str(bare))
+    rec = publish(bundle, record=None, description="d", token=None, remote=str(bare), raw_url_template=RAW)
 
     assert rec["branch"] == "trunk"
     assert commits(bare) == [rec["commit"], *old]
@@ -128,12 +129,12 @@ def test_remote_keeps_existing_history_and_default_branch(bundle, tmp_path):
 
 def test_bad_bundles_and_templates_are_refused(bundle, bare, tmp_path):
     with pytest.raises(PublishError, match="no such folder"):
-        publish(tmp_path / "nope", record=None, description="d", token=None, remote=str(bare))
+        publish(tmp_path / "nope", record=None, description="d", token=None, remote=str(bare), raw_url_template=RAW)
     with pytest.raises(PublishError, match="placeholder"):
         publish(bundle, record=None, description="d", token=None, remote=str(bare), raw_url_template="{sha}/{file}")
     (bundle / "figures").mkdir()
     with pytest.raises(PublishError, match="figures/ is a folder"):
-        publish(bundle, record=None, description="d", token=None, remote=str(bare))
+        publish(bundle, record=None, description="d", token=None, remote=str(bare), raw_url_template=RAW)
     assert commits_or_none(bare) is None
 
 
@@ -254,7 +255,8 @@ def test_dry_run_sends_nothing(bundle, fake_gist, bare, monkeypatch, tmp_path):
     assert req["json"]["files"]["gone.txt"] is None
     assert upd["dry_run"]["git"]["delete"] == ["old.png"]
 
-    rem = publish(bundle, record=None, description="d", token=None, remote=str(bare), dry_run=True)
+    rem = publish(bundle, record=None, description="d", token=None, remote=str(bare), raw_url_template=RAW,
+                  dry_run=True)
     assert rem["dry_run"]["requests"] == []
     assert [f["name"] for f in rem["dry_run"]["git"]["push"]] == sorted(bundle_bytes(bundle))
 

@@ -223,3 +223,54 @@ def test_publish_gist_through_the_cli(post_ws, fake_gist, monkeypatch, capfd):
     everything = r.output + again.output + dry.output + out + err
     everything += "".join(p.read_text(errors="ignore") for p in post_ws.rglob("*") if p.is_file())
     assert fake_gist.token not in everything
+
+
+def test_remote_without_an_http_raw_url_rule_refuses_before_pushing(post_ws, tmp_path):
+    remote = tmp_path / "remote.git"
+    git("init", "-q", "--bare", str(remote))
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    r = invoke("publish", "gist", "tiny", "--remote", str(remote))
+    assert r.exit_code == 1
+    assert "not an http(s) URL a forum can load" in r.output and "raw_url_template" in r.output
+    assert "nothing was pushed" in r.output
+    assert subprocess.run(["git", "--git-dir", str(remote), "rev-parse", "HEAD"], capture_output=True).returncode != 0
+    assert not (post_ws / "publish" / "published.json").exists()
+    assert invoke("build", "tiny", "-q").exit_code == 0  # and later builds go on as before
+
+
+def test_published_json_holds_no_local_path(post_ws, tmp_path):
+    remote = tmp_path / "remote.git"
+    git("init", "-q", "--bare", str(remote))
+    (post_ws / "expost.toml").write_text('raw_url_template = "https://example.org/raw/{commit}/{filename}"\n')
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    r = invoke("publish", "gist", "tiny", "--remote", str(remote))
+    assert r.exit_code == 0, r.output
+    text = (post_ws / "publish" / "published.json").read_text()
+    assert str(tmp_path) not in text and "remote.git" not in text
+    assert json.loads(text)["tiny"]["git_url"].startswith("local:")
+    first = git("--git-dir", str(remote), "rev-parse", "HEAD")
+    assert invoke("publish", "gist", "tiny", "--remote", str(remote)).exit_code == 0  # still the same remote
+    assert git("--git-dir", str(remote), "rev-parse", "HEAD") == first
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"tiny": "a string"}', '["a", "list"]',
+                                    '{"tiny": {"raw_urls": {"fig1-curves-loss-lr.png": "/tmp/x.png"}, '
+                                    '"files": {"fig1-curves-loss-lr.png": "0"}}}',
+                                    '{"tiny": {"raw_urls": "not a dict", "files": 3}}'])
+def test_a_damaged_publish_record_never_blocks_a_build(post_ws, damage):
+    (post_ws / "publish").mkdir(exist_ok=True)
+    (post_ws / "publish" / "published.json").write_text(damage)
+    r = invoke("build", "tiny", "-q")
+    assert r.exit_code == 0, r.output
+    assert "/tmp/x.png" not in (post_ws / "publish" / "tiny" / "post.md").read_text()
+
+
+@pytest.mark.parametrize("secret", ["ghp&#95;" + "a" * 36, "ghp\\_" + "b" * 36, "ghp&amp;#95;" + "c" * 36,
+                                    "https://alice:hunter22@git.example.org/repo.git",
+                                    "postgres://admin:s3cretpw@db.internal:5432/runs"])
+def test_secret_scan_sees_what_the_forum_shows(post_ws, secret):
+    t = post_ws / "templates" / "tiny.md.j2"
+    t.write_text(t.read_text() + f"\nSee {secret} for the data.\n")
+    r = invoke("build", "tiny", "-q")
+    assert r.exit_code == 1
+    assert "looks like a" in r.output and "post.md" in r.output

@@ -26,7 +26,7 @@ from expost.gitstate import git_state, head
 from expost.runs.plan import Selection, load_specs, plan_runs, profile_of, with_settings
 from expost.runs.plan import PlannedRun
 from expost.posts.post import Post, PostPlan
-from expost.publish.records import image_urls, published_records
+from expost.publish.records import image_urls, readable_records
 from expost.runs.spec import Spec
 from expost.layout import Layout
 
@@ -77,7 +77,7 @@ def command_for(post: Post, sel: Selection) -> str:
 
 
 def render_key(ws: Layout, pp: PostPlan, command: str) -> str:
-    return post_key(ws, pp, command, published_records(ws).get(pp.post.name))
+    return post_key(ws, pp, command, readable_records(ws).get(pp.post.name))
 
 
 def _git_state(ws: Layout, pp: PostPlan) -> dict:

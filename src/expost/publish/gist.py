@@ -150,18 +150,26 @@ def publish(
 def _publish_remote(remote, files, record, message, template, dry_run) -> dict:
     shown = _redact(remote)
     fields = {"remote": shown.rstrip("/"), "owner": None, "id": None}
-    _raw_urls(template, [], fields)  # a bad template fails before anything is pushed
+    sample = _raw_urls(template, ["x.png"], {**fields, "commit": "0" * 40})["x.png"]  # fails before any push
+    if not re.match(r"https?://", sample):
+        raise PublishError(
+            f"--remote {shown}: figure links would be {sample!r}, not an http(s) URL a forum can load. "
+            "Set raw_url_template in expost.toml to where the remote serves raw files, e.g. "
+            "raw_url_template = \"https://git.example.org/me/posts/raw/{commit}/{filename}\"; nothing was pushed")
+    recorded = shown  # publish/published.json is committed: a local path (a home folder) never goes there
+    if shown.lower().startswith("file:") or not re.match(r"[a-zA-Z][\w+.-]*://", shown):
+        recorded = "local:" + hashlib.sha256(str(Path(remote).resolve()).encode()).hexdigest()[:16]
     if dry_run:
-        prev = record if record and record.get("kind") == "remote" and record.get("git_url") == shown else None
+        prev = record if record and record.get("kind") == "remote" and record.get("git_url") == recorded else None
         plan = {"requests": [], "git": _git_plan(shown, files.values(), prev)}
-        return {"kind": "remote", "git_url": shown, "dry_run": plan}
+        return {"kind": "remote", "git_url": recorded, "dry_run": plan}
     commit, branch, pushed = _push_tree(remote, files, message)
     log.debug("%s %s: %s", "pushed" if pushed else "unchanged", shown, commit)
     return {
         "kind": "remote",
         "id": None,
         "html_url": None,
-        "git_url": shown,
+        "git_url": recorded,
         "owner": None,
         "branch": branch,
         "commit": commit,

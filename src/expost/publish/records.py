@@ -27,16 +27,30 @@ def save_published(ws: Layout, name: str, record: dict) -> None:
     atomic_write_text(ws.published_json, json.dumps(records, sort_keys=True, indent=1) + "\n")
 
 
+def readable_records(ws: Layout) -> dict:
+    """published.json for a build: a damaged file (or record) never blocks a build; it only loses
+    the pinned figure links (`expost publish gist` still refuses it, with how to fix it)."""
+    try:
+        records = published_records(ws)
+    except PublishError:
+        return {}
+    return {k: v for k, v in records.items() if isinstance(v, dict)} if isinstance(records, dict) else {}
+
+
 def image_urls(ws: Layout, post: str, out: Path):
-    """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged,
-    else image_base_url from expost.toml, else None (the link stays relative and export warns)."""
-    record = published_records(ws).get(post) or {}
+    """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged
+    (an http(s) one: a record holding anything else is ignored), else image_base_url from expost.toml,
+    else None (the link stays relative and export warns)."""
+    record = readable_records(ws).get(post) or {}
+    raw_urls = record.get("raw_urls") if isinstance(record.get("raw_urls"), dict) else {}
     base = ws.settings.get("image_base_url")
 
     def url(src: str) -> str | None:
         name = Path(src).name
-        raw = record.get("raw_urls", {}).get(name)
-        if raw and (out / src).is_file() and record.get("files", {}).get(name) == sha256_file(out / src):
+        raw = raw_urls.get(name)
+        files = record.get("files") if isinstance(record.get("files"), dict) else {}
+        if (isinstance(raw, str) and raw.startswith(("https://", "http://")) and (out / src).is_file()
+                and files.get(name) == sha256_file(out / src)):
             return raw
         if base:
             return f"{str(base).rstrip('/')}/{post}/{src}"

@@ -3,6 +3,7 @@ that looks like a credential or an absolute path into someone's home folder."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ PATTERNS = [
     ("private key", re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")),
     ("token assignment", re.compile(r"\b[A-Z][A-Z0-9_]*_(?:TOKEN|SECRET|API_KEY|PASSWORD)\s*=\s*['\"]?[^\s'\"]{8,}")),
     ("slack token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
+    ("password in a URL", re.compile(r"\b[a-zA-Z][\w+.-]*://[^/\s:@'\"<>]+:[^/\s@'\"<>]+@[\w.-]")),
     ("home path", re.compile(r"(?:/home/[A-Za-z0-9._-]+/|/Users/[A-Za-z0-9._-]+/|/root/|[A-Za-z]:\\\\?Users\\\\)")),
 ]
+ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark's backslash escapes of ASCII punctuation
 DATA_URI = re.compile(r"data:[a-z]+/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=]+")
 TEXT_SUFFIXES = {".md", ".py", ".json", ".csv", ".txt", ".html", ".svg", ".j2", ".toml", ".cfg", ".ini", ".yaml", ".yml"}
 
@@ -39,13 +42,27 @@ def scan_text(text: str, name: str, extra: list[str] = ()) -> list[Finding]:
     literal = [s for s in (home if home not in ("/", "") else None, *extra) if s]
     for i, line in enumerate(text.splitlines(), start=1):
         line = DATA_URI.sub("data:", line)
-        for kind, pattern in PATTERNS:
-            if pattern.search(line):
-                found.append(Finding(name, i, kind))
-        for s in literal:
-            if s in line:
-                found.append(Finding(name, i, "secret or home path"))
+        seen = set()
+        for shown in dict.fromkeys((line, as_read(line))):  # as written, and as a reader's renderer shows it
+            for kind, pattern in PATTERNS:
+                if kind not in seen and pattern.search(shown):
+                    seen.add(kind)
+                    found.append(Finding(name, i, kind))
+            for s in literal:
+                if "literal" not in seen and s in shown:
+                    seen.add("literal")
+                    found.append(Finding(name, i, "secret or home path"))
     return found
+
+
+def as_read(line: str) -> str:
+    """A line as markdown-it (the forum's renderer) and browsers show it: character references
+    (`&#95;`, `&lowbar;`, `&#x5f;`) decoded and backslash escapes (`\\_`) dropped, so a token spelled
+    `ghp&#95;...` or `ghp\\_...` is seen."""
+    decoded = line
+    for _ in range(3):  # `&amp;#95;` decodes twice on its way through a forum and a browser
+        decoded = html.unescape(decoded)
+    return ESCAPE.sub(r"\1", decoded)
 
 
 def scan(folder: Path, extra: list[str] = ()) -> list[Finding]:
