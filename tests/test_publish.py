@@ -274,3 +274,45 @@ def test_secret_scan_sees_what_the_forum_shows(post_ws, secret):
     r = invoke("build", "tiny", "-q")
     assert r.exit_code == 1
     assert "looks like a" in r.output and "post.md" in r.output
+
+
+def test_new_workspace_is_a_git_repository_with_a_first_commit(tmp_path, monkeypatch):
+    for var, value in (("GIT_AUTHOR_NAME", "t"), ("GIT_AUTHOR_EMAIL", "t@t"), ("GIT_COMMITTER_NAME", "t"),
+                       ("GIT_COMMITTER_EMAIL", "t@t"), ("GIT_CONFIG_GLOBAL", str(tmp_path / "none")),
+                       ("GIT_CONFIG_NOSYSTEM", "1")):
+        monkeypatch.setenv(var, value)
+    r = CliRunner().invoke(cli, ["new", "workspace", str(tmp_path / "study")])
+    assert r.exit_code == 0, r.output
+    assert "git: initialised a git repository and committed the new files" in r.stderr
+    assert git("-C", str(tmp_path / "study"), "ls-files").splitlines() == [
+        ".gitignore", "experiments/example.py", "templates/example-post.md.j2"]
+    monkeypatch.chdir(tmp_path / "study")
+    r = CliRunner().invoke(cli, ["build", "-q", "--seeds", "2"])
+    assert r.exit_code == 0, r.output
+    assert "records no commit" not in r.output
+    manifest = json.loads((tmp_path / "study" / "publish" / "example-post" / "manifest.json").read_text())
+    assert manifest["git"]["commit"] == git("-C", str(tmp_path / "study"), "rev-parse", "HEAD")
+
+
+def test_new_workspace_without_a_git_identity_warns(tmp_path, monkeypatch):
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.gitconfig identity either
+    r = CliRunner().invoke(cli, ["new", "workspace", str(tmp_path / "study")])
+    assert r.exit_code == 0, r.output
+    if "committed the new files" in r.stderr:  # git guessed an identity from the host: nothing to warn about
+        return
+    assert "warning: initialised a git repository but could not commit" in r.stderr
+    monkeypatch.chdir(tmp_path / "study")
+    r = CliRunner().invoke(cli, ["build", "-q", "--seeds", "2"])
+    assert r.exit_code == 0 and "manifest.json records no commit" in r.output
+
+
+def test_new_workspace_inside_a_repository_is_not_nested(tmp_path):
+    git("init", "-q", str(tmp_path / "project"))
+    r = CliRunner().invoke(cli, ["new", "workspace", str(tmp_path / "project" / "study")])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "project" / "study" / ".git").exists()
+    assert "is inside the git repository at" in r.stderr

@@ -484,8 +484,10 @@ def new_workspace(path):
     """
     from expost import scaffold
 
-    for p in scaffold.new_workspace(path):
+    paths, ok, note = scaffold.new_workspace(path)
+    for p in paths:
         click.echo(p)
+    click.echo(("git: " if ok else "warning: ") + note, err=True)
 
 
 @new.command("experiment", epilog=EPILOG)

@@ -55,3 +55,29 @@ def head(root: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def init_and_commit(root: Path, message: str) -> tuple[bool, str]:
+    """A new workspace under version control, so that its manifests can record a commit: `git init`
+    and a first commit (when a git identity is configured). (ok, what happened, for the user)."""
+    root = Path(root).resolve()
+    try:
+        inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                                text=True, timeout=30)
+        if inside.returncode == 0:
+            top = inside.stdout.strip()
+            return True, (f"{root} is inside the git repository at {top}: commit the new files there "
+                          "(`git add` and `git commit`) so that manifests record the commit")
+        subprocess.run(["git", "init", "-q", str(root)], check=True, capture_output=True, timeout=30)
+        subprocess.run(["git", "-C", str(root), "add", "-A"], check=True, capture_output=True, timeout=30)
+        done = subprocess.run(["git", "-C", str(root), "commit", "-q", "-m", message], capture_output=True, text=True,
+                              timeout=30)
+    except FileNotFoundError:
+        return False, ("git is not installed: manifests will record no commit, so a post cannot be traced back "
+                       "to its inputs; install git, then `git init` and commit the workspace")
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"git init failed ({e}); run `git init` and commit the workspace so manifests record a commit"
+    if done.returncode != 0:
+        return False, ("initialised a git repository but could not commit (no git identity? set `git config "
+                       "user.name` and `user.email`); commit the files yourself, or manifests record no commit")
+    return True, "initialised a git repository and committed the new files"

@@ -40,7 +40,10 @@ def new_post(ws: Layout, name: str, experiment: str | None = None) -> Path:
     return _write_new(ws.templates_dir / f"{name}.md.j2", text)
 
 
-def new_workspace(path: Path) -> list[Path]:
+def new_workspace(path: Path) -> tuple[list[Path], bool, str]:
+    """The workspace's files, and (ok, note) of putting it under git (gitstate.init_and_commit)."""
+    from expost.gitstate import init_and_commit
+
     root = Path(path)
     if (root / "experiments").exists():
         raise WorkspaceError(f"{root} already holds experiments/: it is a workspace already")
@@ -48,4 +51,5 @@ def new_workspace(path: Path) -> list[Path]:
     (root / ".gitignore").write_text(".expost/\n")
     exp = new_experiment(root, "example")
     post = new_post(Layout(root.resolve()), "example-post", "example")
-    return [exp, post]
+    ok, note = init_and_commit(root, "New expost workspace")
+    return [exp, post], ok, note

@@ -142,9 +142,14 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path,
     git = _git_state(ws, pp)
     exported = export(ws, pp, pp.specs, rsets, verdicts, seeds, command, out, image_urls(ws, pp.post.name, out),
                       sel.device, git)
+    warnings = list(exported.warnings)
+    if not (git or {}).get("commit"):
+        warnings.append("manifest.json records no commit: the workspace is not a git repository, or its inputs "
+                        "(experiments/, templates/) were never committed; commit them and build again so the post "
+                        "can be traced to them")
     errors = [f"{v.experiment}: claim {v.index} ({v.claim[:60]}){' [' + v.group + ']' if v.group else ''} could not "
               f"be evaluated: {v.detail}" for vs in verdicts.values() for v in vs if v.verdict == claims_mod.ERROR]
-    return Built("rendered", exported.warnings, errors, git)
+    return Built("rendered", warnings, errors, git)
 
 
 def build_post(ws: Layout, pp: PostPlan, sel: Selection, force: bool = False,
