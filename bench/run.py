@@ -10,10 +10,13 @@ seeds of the rank-1 S-curve, 2 workers, against a hand-written loop), batched (t
 (logging 1e4 series points plus the cache write, in-process), render (`expost render --force`
 of a post with 6 figures x 10 seeds x 5000 steps), prose (a cold `expost build` after a
 prose-only edit of a 10-seed S-curve post, figure and verdicts from the cache, against the same
-with those caches removed), store (peak RSS of storing and plotting 1000 seeds x 1e5 steps),
+with those caches removed), preview (`expost preview` driven in chromium: a template edit and
+an experiment edit, from the file write to the page's DOM updated, against a cold `expost build`
+of the same edit; and Ctrl-C during runs to the process exited), store (peak RSS of storing and plotting 1000 seeds x 1e5 steps),
 isolated (the cold row's command against the same command of the last commit whose workers were
 reused across runs), tiny (1000 runs of ~1 ms, 2 workers, against a serial loop
-that saves each result with np.save). Times are whole-process wall times, medians over repetitions
+that saves each result with np.save), dask (40 runs of the S-curve at 5000 steps on two local
+Dask workers, `--scheduler`, against the local pool with `-j 2`). Times are whole-process wall times, medians over repetitions
 after a warm-up run; expost and its baseline alternate within each repetition so both see the same
 machine load.
 
@@ -37,10 +40,12 @@ import platform
 import pstats
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
-ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "prose", "store", "isolated", "tiny")
+ROWS = ("noop", "cold", "batched", "papermill", "overhead", "render", "prose", "preview", "store", "isolated", "tiny",
+        "dask")
 SCURVES_WHERE = ["--where", "model=factored", "--where", "rank=1", "--where", "init_scale=0.001",
                  "--set", "steps=1000"]
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"]
@@ -892,9 +898,215 @@ def row_tiny(b: Bench) -> list[Row]:
                        "fresh EXPOST_CACHE_DIR every repetition, all deleted after the row (see row_tiny)"])]
 
 
+def start_dask_cluster(b: Bench, workers: int = 2) -> tuple[str, list]:
+    """A `dask scheduler` and `workers` one-thread `dask worker` processes on localhost, each in a folder
+    of its own without the workspace; (address, processes)."""
+    dask = tool("dask")
+    root = b.tmp / "dask"
+    root.mkdir()
+    env = {k: v for k, v in b.env.items() if k != "PYTHONPATH"}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(root / "scheduler.json")], cwd=root, env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    t0 = time.monotonic()
+    while not (root / "scheduler.json").exists() or not (root / "scheduler.json").read_text():
+        if time.monotonic() - t0 > 120:
+            raise BenchError("`dask scheduler` wrote no address within 120 s")
+        time.sleep(0.05)
+    address = json.loads((root / "scheduler.json").read_text())["address"]
+    for i in range(workers):
+        home = root / f"worker-{i}"
+        home.mkdir()
+        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                       "--no-dashboard", "--local-directory", str(home)], cwd=home, env=env,
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait = (f"import distributed; c = distributed.Client({address!r}, timeout=120); "
+            f"c.wait_for_workers({workers}, timeout=120); c.close()")
+    run_cmd([PYTHON, "-c", wait], env, root)
+    return address, procs
+
+
+def stop_processes(procs: list) -> None:
+    import signal
+
+    for p in reversed(procs):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def row_dask(b: Bench) -> list[Row]:
+    """40 runs of the S-curve at 5000 steps (one task each): two local Dask workers against `-j 2`."""
+    name = "40 runs x 5000 steps (S-curve, one task per run): 2 local Dask workers vs the local pool `-j 2`"
+    if importlib.util.find_spec("distributed") is None or not tool("dask"):
+        return [Row(name, "skipped", target="<= 1.15x", met="n/a",
+                    notes=["distributed is not installed: `.venv/bin/pip install -e '.[dask]'`"])]
+    ws = b.scurves_workspace(batched=False)
+    seeds = 8 if b.quick else 40
+    args = ["run", "scurves", "--where", "model=factored", "--where", "rank=1", "--where", "init_scale=0.001",
+            "--set", "steps=5000", "--seeds", str(seeds), "-q"]
+    address, procs = start_dask_cluster(b)
+
+    def expost(i: int, how: str) -> float:
+        cache = b.tmp / f"cache-dask-{how}-{i}"
+        extra = ["--scheduler", address] if how == "dask" else ["-j", "2"]
+        wall, p = run_cmd([b.expost, *args, *extra], b.env_with(cache), ws)
+        if f"{seeds} ran" not in p.stderr:
+            raise BenchError(f"expected `{seeds} ran` from `expost run`, got: {p.stderr.strip()}")
+        shutil.rmtree(cache, ignore_errors=True)
+        return wall
+
+    try:
+        r = alternate(b.reps(3, 1), 1, {"dask": lambda i: expost(i, "dask"), "local": lambda i: expost(i, "local")})
+    finally:
+        stop_processes(procs)
+    d, loc = med(r["dask"]), med(r["local"])
+    return [Row(name if seeds == 40 else name.replace("40 runs", f"{seeds} runs"), fmt_s(d), fmt_s(loc),
+                f"{d / loc:.2f}x", "<= 1.15x", yes(d / loc <= 1.15), reps=r,
+                notes=[f"expost run --scheduler (2 x `dask worker --nthreads 1`): {spread(r['dask'], r.get('dask warm-up'))}",
+                       f"expost run -j 2: {spread(r['local'], r.get('local warm-up'))}",
+                       "whole `expost run` processes on both sides; the scheduler and workers start once, before "
+                       "the row (the warm-up repetition warms them); a fresh EXPOST_CACHE_DIR every repetition; "
+                       "scurves.py with run_batch removed, so each run is one task"])]
+
+
+PREVIEW_POST = """---
+title: S-curve, drafted live
+summary: The preview rows' post: one figure, one number, 10 seeds.
+experiments: [scurves]
+seeds: 10
+---
+Edit 0.
+
+{{ figure(results("scurves"), "curves", "loss") }}
+
+The loss is halfway down at {{ stat(results("scurves"), "drop_step", unit="steps") }}.
+"""
+PREVIEW_JS_CLOCK = ("() => { window.__updates = []; document.addEventListener('expost:updated', "
+                    "() => window.__updates.push(Date.now() / 1000)); }")
+
+
+class PreviewProcess:
+    """`expost preview` running in `ws`: its URL (read from stderr) and its exit."""
+
+    def __init__(self, b: Bench, ws: Path, env: dict, args: list):
+        self.proc = subprocess.Popen([b.expost, "preview", *args], cwd=ws, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("token=" in line for line in self.lines):
+            if self.proc.poll() is not None:
+                raise BenchError(f"`expost preview` exited {self.proc.returncode}: {''.join(self.lines)[-2000:]}")
+            time.sleep(0.05)
+        self.url = re.search(r"http://\S+", "".join(self.lines)).group(0)
+
+    def stop(self) -> float:
+        """Ctrl-C; the seconds until the process has exited (its code must be 130)."""
+        t0 = time.perf_counter()
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=60)
+        wall = time.perf_counter() - t0
+        if code != 130:
+            raise BenchError(f"`expost preview` exited {code} on Ctrl-C, not 130: {''.join(self.lines)[-2000:]}")
+        return wall
+
+
+def _lr_edit(path: Path, i: int) -> None:
+    """A new learning rate: every run of the post is new (10 seeds x 1000 steps, one batch block)."""
+    text = re.sub(r'"lr": [^,]+,', f'"lr": {1e-3 * (1 + (i + 1) / 1000)!r},', path.read_text(), count=1)
+    path.write_text(text)
+
+
+def row_preview(b: Bench) -> list[Row]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return [Row("`expost preview` edits", "skipped", met="n/a", notes=["playwright is not installed"])]
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(chromium, os.X_OK):
+        return [Row("`expost preview` edits", "skipped", met="n/a", notes=["no chromium on PATH"])]
+    wss = {}
+    for side in ("live", "cold"):  # one workspace (and cache) per side: each sees the same edits
+        ws = b.tmp / f"ws-preview-{side}"
+        shutil.copytree(b.scurves_workspace(batched=True), ws)
+        (ws / "templates").mkdir()
+        (ws / "templates" / "bench.md.j2").write_text(PREVIEW_POST)
+        b.git_commit(ws)
+        wss[side] = ws
+    env = {side: b.env_with(b.tmp / f"cache-preview-{side}") for side in wss}
+    sel = [*SCURVES_WHERE, "-j", "2"]
+    run_cmd([b.expost, "build", "bench", *sel, "-q"], env["cold"], wss["cold"])
+    reps = b.reps(7, 2)
+    preview = PreviewProcess(b, wss["live"], env["live"], ["bench", *sel])
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            page = browser.new_page(bypass_csp=True)  # Playwright's string waits need eval
+            page.set_default_timeout(120_000)
+            page.goto(preview.url.replace("/?", "/post/bench?"))
+            page.wait_for_function("document.body.dataset.gen !== '0'")
+            page.evaluate(PREVIEW_JS_CLOCK)
+
+            def live(path: Path, change) -> float:
+                """Seconds from the file write to the page's DOM updated, on the page's clock."""
+                seen = page.evaluate("window.__updates.length")
+                t0 = time.time()
+                change(path)
+                page.wait_for_function(f"window.__updates.length > {seen}")
+                return page.evaluate("window.__updates[window.__updates.length - 1]") - t0
+
+            def cold(path: Path, change) -> float:
+                change(path)
+                wall, _ = run_cmd([b.expost, "build", "bench", *sel, "-q"], env["cold"], wss["cold"])
+                return wall
+
+            def prose(ws: Path) -> Path:
+                return ws / "templates" / "bench.md.j2"
+
+            def edit_prose(path: Path, i=[0]) -> None:
+                i[0] += 1
+                path.write_text(re.sub(r"Edit \d+\.", f"Edit {i[0]}.", path.read_text()))
+
+            template = alternate(reps, 1, {
+                "preview": lambda i: live(prose(wss["live"]), edit_prose),
+                "build": lambda i: cold(prose(wss["cold"]), edit_prose)})
+            figure = page.get_attribute("article img", "src")
+            experiment = alternate(reps, 1, {
+                "preview": lambda i: live(wss["live"] / "experiments" / "scurves.py", lambda f: _lr_edit(f, i)),
+                "build": lambda i: cold(wss["cold"] / "experiments" / "scurves.py", lambda f: _lr_edit(f, i))})
+            if page.get_attribute("article img", "src") == figure:
+                raise BenchError("the preview's figure did not change after the experiment edits")
+            browser.close()
+        # Ctrl-C while an edit's 10 runs are going: how long until the process has exited.
+        _lr_edit(wss["live"] / "experiments" / "scurves.py", 1000)
+        time.sleep(0.5)
+    finally:
+        stopped = preview.stop() if preview.proc.poll() is None else float("nan")
+    rows = []
+    for what, r, target in (("template edit", template, 0.5), ("experiment edit (10 seeds x 1000 steps, batched)",
+                                                                experiment, 1.5)):
+        e, c = med(r["preview"]), med(r["build"])
+        rows.append(Row(f"`expost preview`: {what}, file write to the page's DOM updated, vs cold `expost build`",
+                        fmt_s(e), fmt_s(c), f"{e / c:.2f}x", f"<= {target} s", yes(e <= target), reps=r,
+                        notes=[f"preview: {spread(r['preview'], r.get('preview warm-up'))}; cold `expost build` of the "
+                               f"same edit: {spread(r['build'], r.get('build warm-up'))}; measured in chromium "
+                               "(Playwright), the page's Date.now() at the swap minus time.time() before the write; "
+                               "S-curve rank 1, init 1e-3, steps=1000, -j 2"]))
+    rows.append(Row("`expost preview`: Ctrl-C during an edit's runs, to the process exited", fmt_s(stopped),
+                    target="<= 2 s", met=yes(stopped <= 2.0), notes=["exit code 130; completed runs cached"]))
+    return rows
+
+
 ROW_FUNCS = {"noop": row_noop, "cold": row_cold, "batched": row_batched, "papermill": row_papermill,
-             "overhead": row_overhead, "render": row_render, "prose": row_prose, "store": row_store, "isolated": row_isolated,
-             "tiny": row_tiny}
+             "overhead": row_overhead, "render": row_render, "prose": row_prose, "preview": row_preview, "store": row_store, "isolated": row_isolated,
+             "tiny": row_tiny, "dask": row_dask}
 
 
 # ------------------------------------------------------------------------------------ report

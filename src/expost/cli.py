@@ -47,18 +47,31 @@ def selection_options(f):
 
 
 def run_options(f):
-    """-j/--jobs, --quiet, --force, --yes, --timeout."""
+    """-j/--jobs, --executor, --scheduler, --quiet, --force, --yes, --timeout."""
     for option in reversed((
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
                      help="Stop a run that takes longer (default: the experiment's TIMEOUT, else none)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                     help="Parallel worker processes (default: number of cores)."),
+                     help="Parallel worker processes (default: number of cores); with a Dask scheduler, at most "
+                          "this many runs out at once."),
+        click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+                     help="Where runs execute: local processes, or a Dask cluster (a LocalCluster of -j workers "
+                          "unless --scheduler or expost.toml's [executor] names one). Default: expost.toml's "
+                          "[executor], else local."),
+        click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                     help="Run on the Dask cluster of this scheduler (implies --executor dask)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         click.option("--force", is_flag=True, help="Rerun even cached runs."),
         click.option("--yes", is_flag=True, help="Confirm a plan larger than the safety limit."),
     )):
         f = option(f)
     return f
+
+
+def executor_flags(executor, scheduler) -> None:
+    if executor == "local" and scheduler:
+        raise click.UsageError(f"--scheduler {scheduler} runs on a Dask cluster, but --executor local runs here: "
+                               "drop one of them")
 
 
 class ExpostGroup(click.Group):
@@ -165,7 +178,7 @@ def run_and_print(bar: ProgressBar, call):
 @run_options
 @click.option("--explain", is_flag=True, help="Print for each planned run whether it is cached and why not; run nothing.")
 @click.pass_context
-def run(ctx, experiments, sel, jobs, quiet, force, yes, timeout, explain):
+def run(ctx, experiments, sel, jobs, executor, scheduler, quiet, force, yes, timeout, explain):
     """Run experiments over seeds; only runs not in the cache execute.
 
     \b
@@ -174,13 +187,16 @@ def run(ctx, experiments, sel, jobs, quiet, force, yes, timeout, explain):
         expost run scurves --seeds 20 -j 2
         expost run scurves --set lr=0.01 --where model=factored
         expost run --explain            # what would run, and why
+        expost run --scheduler tcp://10.0.0.5:8786   # on a Dask cluster
     """
+    executor_flags(executor, scheduler)
     ws, bar = workspace_of(ctx, quiet)
     if explain:
         for r, reason in ws.explain(experiments, sel, yes=yes):
             click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{'rerun (--force)' if force else reason}")
         return
-    print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes, timeout=timeout)))
+    print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes, timeout=timeout,
+                                                 executor=executor, scheduler=scheduler)))
 
 
 def _verdict_table(verdicts) -> list[str]:
@@ -305,7 +321,7 @@ def fail_on_claim_errors(posts) -> None:
               help="Render into a scratch folder and exit 1 if publish/ differs (is publish/ up to date?).")
 @click.option("--allow-secrets", is_flag=True, help="Skip the refusal when the secret scan finds something.")
 @click.pass_context
-def build(ctx, posts, sel, jobs, quiet, force, yes, timeout, check, allow_secrets):
+def build(ctx, posts, sel, jobs, executor, scheduler, quiet, force, yes, timeout, check, allow_secrets):
     """Run what is missing, check claims, render and export posts into publish/NAME/.
 
     With nothing changed it only compares hashes: no experiment is imported, no figure drawn.
@@ -319,9 +335,10 @@ def build(ctx, posts, sel, jobs, quiet, force, yes, timeout, check, allow_secret
         expost build scurves -j 2
         expost build --check         # in CI: is publish/ up to date?
     """
+    executor_flags(executor, scheduler)
     ws, bar = workspace_of(ctx, quiet)
     report = run_and_print(bar, lambda: ws.build(posts, sel, jobs=jobs, force=force, yes=yes, timeout=timeout, check=check,
-                                                 allow_secrets=allow_secrets))
+                                                 allow_secrets=allow_secrets, executor=executor, scheduler=scheduler))
     if report.runs is not None:
         print_runs(report.runs)
     for post in report.posts:

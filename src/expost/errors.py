@@ -73,3 +73,8 @@ class PublishError(ExpostError):
 
 class AdoptError(ExpostError):
     """A file given to `expost adopt` cannot be turned into an experiment: names the file and the fix."""
+
+
+class ExecutorError(ExpostError):
+    """Runs cannot go where they were sent: a Dask scheduler that does not answer, a bad [executor]
+    table in expost.toml, a missing extra. Names the flag or field, the address and the fix."""

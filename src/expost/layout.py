@@ -165,8 +165,8 @@ def find_workspace(start: Path | None = None, explicit: Path | None = None) -> L
 
 
 def load_settings(root: Path) -> dict:
-    """Optional expost.toml: image base URL, raw URL template, render_timeout (checked here, before
-    any run, so a bad value never waits for a sweep to finish)."""
+    """Optional expost.toml: image base URL, raw URL template, render_timeout and the [executor]
+    table (checked here, before any run, so a bad value never waits for a sweep to finish)."""
     path = Layout(root).settings_file
     if not path.exists():
         return {}
@@ -182,4 +182,8 @@ def load_settings(root: Path) -> dict:
     if profile is not None and (not isinstance(profile, str) or not profile.isidentifier()):
         raise WorkspaceError(f"expost.toml: profile = {profile!r} is not a profile name; write profile = \"cpu\" "
                              "(used by every experiment whose PROFILES has it)")
+    if "executor" in settings:
+        from expost.runs.cluster import parse_table
+
+        parse_table(settings["executor"])  # [executor]: where runs execute (runs/cluster.py)
     return settings

@@ -168,16 +168,31 @@ class Workspace:
     # --- run, check, list -------------------------------------------------------------------------
 
     def run(self, experiments=(), sel=None, *, jobs: int | None = None, force: bool = False,
-            yes: bool = False, timeout: float | None = None) -> RunReport:
-        """Run every planned run not in the cache. Raises RunFailures (after caching every other
-        run) when a run failed; KeyboardInterrupt leaves every completed run cached."""
+            yes: bool = False, timeout: float | None = None, executor: str | None = None,
+            scheduler: str | None = None) -> RunReport:
+        """Run every planned run not in the cache, in local processes or on a Dask cluster
+        (executor="dask", scheduler="tcp://HOST:8786"; default: expost.toml's [executor]). Raises
+        RunFailures (after caching every other run) when a run failed; KeyboardInterrupt leaves every
+        completed run cached."""
+        choice = self.executor(executor, scheduler, jobs)
         sel = sel or self.selection()
         specs, plans = self.plan(experiments, sel, confirm_large=not yes)
-        report = self._execute(specs, plans, sel, jobs, force, timeout)
+        report = self._execute(specs, plans, sel, jobs, force, timeout, choice)
         report.raise_for_failures()
         return report
 
-    def _execute(self, specs, plans, sel, jobs, force, timeout=None) -> RunReport:
+    def executor(self, executor: str | None = None, scheduler: str | None = None, jobs: int | None = None):
+        """Where runs execute (runs/cluster.py's ExecutorChoice): executor "local" or "dask" and a
+        scheduler address, over expost.toml's [executor] table. -j with a cluster caps the runs out
+        on it at once."""
+        from dataclasses import replace
+
+        from expost.runs.cluster import choose
+
+        choice = choose(executor, scheduler, self.layout.settings)
+        return replace(choice, limit=jobs) if jobs and (choice.scheduler or choice.cluster) else choice
+
+    def _execute(self, specs, plans, sel, jobs, force, timeout=None, executor=None) -> RunReport:
         from expost.runs.sweep import run_all
 
         report = RunReport()
@@ -189,7 +204,7 @@ class Workspace:
 
         t0 = time.perf_counter()
         outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
-                           progress.finished, progress.started, corrupt, timeout, progress.submitted)
+                           progress.finished, progress.started, corrupt, timeout, progress.submitted, executor)
         report.wall_s = time.perf_counter() - t0
         planned = {r.key for p in plans.values() for r in p}
         done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
@@ -237,14 +252,17 @@ class Workspace:
                 for p in find_posts(self.layout.templates_dir, _names(names))]
 
     def build(self, posts=(), sel=None, *, jobs: int | None = None, force: bool = False, yes: bool = False,
-              check: bool = False, allow_secrets: bool = False, timeout: float | None = None) -> BuildReport:
-        """Run what the posts need, check claims, render and export into publish/NAME/.
+              check: bool = False, allow_secrets: bool = False, timeout: float | None = None,
+              executor: str | None = None, scheduler: str | None = None) -> BuildReport:
+        """Run what the posts need (where `executor`/`scheduler` say, as for `run`), check claims,
+        render and export into publish/NAME/.
 
         Posts whose inputs did not change are left alone (no experiment imported, no figure
         drawn). With check=True nothing in publish/ is written: each post is rendered into a
         scratch folder and compared (PostResult.diffs)."""
         from expost import spine
 
+        choice = self.executor(executor, scheduler, jobs)
         sel = sel or self.selection()
         pps = self.posts(posts, sel, confirm_large=not yes)
         report = BuildReport()
@@ -257,7 +275,7 @@ class Workspace:
                 report.posts.append(PostResult(pp.post.name, "up to date", self.layout.post_dir(pp.post.name)))
         if not todo:
             return report
-        report.runs = self.run_missing(todo, sel, jobs=jobs, force=force, timeout=timeout)
+        report.runs = self.run_missing(todo, sel, jobs=jobs, force=force, timeout=timeout, executor=choice)
         report.runs.raise_for_failures()
         for pp in todo:
             out = self.layout.post_dir(pp.post.name)
@@ -271,13 +289,15 @@ class Workspace:
         return report
 
     def run_missing(self, pps: list, sel=None, *, jobs: int | None = None, force: bool = False,
-                    timeout: float | None = None) -> RunReport:
-        """Run what the planned posts (from `posts`) lack, each run once. Failures are in the
-        report (`raise_for_failures` raises them), after every other run is cached."""
+                    timeout: float | None = None, executor=None) -> RunReport:
+        """Run what the planned posts (from `posts`) lack, each run once, where `executor` (from
+        `executor()`; default: expost.toml's) says. Failures are in the report (`raise_for_failures`
+        raises them), after every other run is cached."""
         from expost import spine
 
         specs, plans = spine.union_of_runs(pps)
-        return self._execute(specs, plans, sel or self.selection(), jobs, force, timeout)
+        return self._execute(specs, plans, sel or self.selection(), jobs, force, timeout,
+                             executor or self.executor(jobs=jobs))
 
     def draft(self, pp, sel, out: Path):
         """Render a planned post from the cache into the empty folder `out`, as `build` would

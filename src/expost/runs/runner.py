@@ -33,8 +33,9 @@ How the parent writes and locks. A worker gets a Job (script, config, seeds), ne
 or a log path, runs it with `run_job` and returns a JobResult: the outputs (tensors as numpy
 arrays), what the run printed, its timings, or the error and traceback. This is the seam for a
 distributed executor whose workers share no filesystem with the parent: `execute(executor=...)`
-takes any concurrent.futures executor. The parent validates each result (`convert_outputs`) and
-writes it (`Cache.write`) as it arrives. It holds each run key's lock from before the run goes out
+takes any concurrent.futures executor (runs/cluster.py's DaskExecutor ships each job with its
+sources to a Dask worker, which runs it in a LocalPool of its own: runs/remote.py). The parent
+validates each result (`convert_outputs`) and writes it (`Cache.write`) as it arrives. It holds each run key's lock from before the run goes out
 until its result is written, so two builds of one workspace never run a key twice: a one-byte POSIX
 record lock per key in the cache's locks/run-keys.lock (`_KeyLocks`), taken without waiting; a key
 another build holds is tried again later, and counts as reused if that build cached it meanwhile.
@@ -53,19 +54,19 @@ import fcntl
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Executor
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from expost.errors import DiskError
+from expost.errors import DiskError, ExpostError
 from expost.files import disk_problem
 from expost.runs.cache import Cache
 from expost.runs.outputs import convert_outputs
@@ -432,29 +433,47 @@ class LocalPool:
 
 
 class FuturesPool:
-    """execute() over any concurrent.futures executor (a Dask client's get_executor(), ...): jobs go
+    """execute() over any concurrent.futures executor (runs/cluster.py's DaskExecutor, ...): jobs go
     to its workers as run_job calls and come back as JobResults. Isolating runs from each other is
-    then that executor's business."""
+    then that executor's business. Futures report to a queue as they finish, so a wait costs the
+    same with ten runs out as with ten thousand."""
 
     def __init__(self, executor: Executor, capacity: int):
         self.executor = executor
-        self.capacity = capacity
+        self._capacity = capacity
         self.futures: dict = {}
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()
+
+    @property
+    def capacity(self) -> int:
+        """Jobs out at once: the executor's own `capacity` (a cluster's size can change) if it has one."""
+        return getattr(self.executor, "capacity", None) or self._capacity
 
     def submit(self, handle, job: Job) -> None:
-        self.futures[self.executor.submit(run_job, job)] = handle
+        future = self.executor.submit(run_job, job)
+        self.futures[future] = handle
+        future.add_done_callback(self.finished.put)
 
     def wait(self, timeout: float | None) -> list:
-        done, _ = wait_futures(self.futures, timeout, return_when=FIRST_COMPLETED)
-        return [(self.futures.pop(f), self._result(f)) for f in done]
+        try:
+            done = [self.finished.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                done.append(self.finished.get_nowait())
+        return [(self.futures.pop(f), self._result(f)) for f in done if f in self.futures]
 
     def drain(self) -> list:
-        return [(self.futures.pop(f), self._result(f)) for f in [f for f in self.futures if f.done()]]
+        done = [f for f in self.futures if f.done() and not f.cancelled()]  # cancelled: never ran
+        return [(self.futures.pop(f), self._result(f)) for f in done]
 
     @staticmethod
     def _result(f) -> JobResult:
         try:
             return f.result()
+        except ExpostError:
+            raise  # the executor's own failure (runs/cluster.py): one clear error, not a failed run each
         except Exception as e:
             return JobResult(None, f"the executor lost it ({type(e).__name__}: {e})", crashed=True)
 
