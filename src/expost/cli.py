@@ -247,6 +247,28 @@ def check(ctx, experiments, sel, allow_inconclusive):
         sys.exit(EXIT_INCONCLUSIVE)
 
 
+@cli.command(epilog=EPILOG)
+@click.argument("experiment")
+@click.option("--seed", type=click.IntRange(min=1), default=None, help="Only this seed.")
+@selection_options
+@click.pass_context
+def log(ctx, experiment, seed, sel):
+    """Show what runs printed: a cached run's output, or a failed run's log and traceback.
+
+    \b
+    Examples:
+        expost log scurves --seed 3 --where rank=1
+        expost log toy                 # every planned run of toy
+    """
+    ws, _ = workspace_of(ctx)
+    for entry in ws.logs(experiment, sel, seed=seed):
+        r = entry.run
+        where = f" ({ws.layout.rel(entry.path)})" if entry.path else ""
+        click.echo(f"==> {r.experiment} [{r.label}] seed {r.seed}: {entry.status}{where}")
+        if entry.text:
+            click.echo(entry.text.rstrip("\n"))
+
+
 @cli.command("list", epilog=EPILOG)
 @click.argument("experiments", nargs=-1)
 @selection_options

@@ -105,6 +105,16 @@ class ExperimentSummary:
 
 
 @dataclass
+class RunLog:
+    """What one planned run printed: status "cached", "failed" (the log with its traceback) or "not run"."""
+
+    run: object
+    status: str
+    text: str
+    path: Path | None = None
+
+
+@dataclass
 class Published:
     post: PostResult
     record: dict
@@ -224,6 +234,31 @@ class Workspace:
         sel = sel or self.selection()
         specs, plans = self.plan(experiments, sel, confirm_large=False)
         return [v for spec in specs for v in claims.check(self.layout, spec, plans[spec.name], sel)]
+
+    def logs(self, experiment: str, sel=None, *, seed: int | None = None) -> list[RunLog]:
+        """What each planned run of an experiment printed (the cached run's output, or a failed
+        run's log with its traceback), for `seed` only when given."""
+        from expost.runs.cache import Cache
+
+        _, plans = self.plan((experiment,), sel, confirm_large=False)
+        cache = Cache(self.layout.cache_dir)
+        out = []
+        for run in plans[experiment]:
+            if seed is not None and run.seed != seed:
+                continue
+            failed = cache.log_path(run.experiment, run.label, run.seed)
+            if cache.has(run.key):
+                text = cache.output(run.key)
+                out.append(RunLog(run, "cached", text if text is not None else
+                                  "(no output kept: this run was cached before expost kept the output of runs)\n"))
+            elif failed.is_file():
+                out.append(RunLog(run, "failed", failed.read_text(encoding="utf-8", errors="replace"), failed))
+            else:
+                out.append(RunLog(run, "not run", ""))
+        if not out and seed is not None:
+            raise ConfigError(f"--seed {seed}: {experiment} plans seeds 1-{max(r.seed for r in plans[experiment])} "
+                              "here; pick one of them (or pass --seeds)")
+        return out
 
     def list(self, experiments=(), sel=None) -> list[ExperimentSummary]:
         """Each experiment's sweep size, seeds, runs cached of planned, and its last verdicts."""

@@ -19,6 +19,14 @@ from expost.files import atomic_write_text, file_lock, sha256_file
 from expost.layout import CacheLayout
 
 RECORD_SHA = "record_sha256"
+OUTPUT = "output.txt"  # what a run printed, beside its result
+MAX_OUTPUT = 1_000_000  # characters of it kept: the last ones (where the end of a run shows)
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_OUTPUT:
+        return text
+    return f"(the first {len(text) - MAX_OUTPUT} characters of this run's output are left out)\n" + text[-MAX_OUTPUT:]
 
 
 def record_digest(meta: dict) -> str:
@@ -90,8 +98,9 @@ class Cache:
     def has(self, key: str) -> bool:
         return (self.entry_dir(key) / "result.json").exists()
 
-    def write(self, key: str, meta: dict, series: dict) -> None:
-        """Write an entry atomically: build it in a temp dir, then rename into place."""
+    def write(self, key: str, meta: dict, series: dict, output: str | None = None) -> None:
+        """Write an entry atomically: build it in a temp dir, then rename into place. `output` (what
+        the run printed) is kept beside it, its sha256 in result.json like the series'."""
         import numpy as np
 
         final = self.entry_dir(key)
@@ -105,6 +114,9 @@ class Cache:
                     arr32 = np.asarray(arr, dtype=np.float32)
                 np.save(p, arr32, allow_pickle=False)
                 files[name] = sha256_file(p)
+            if output is not None:
+                (tmp / OUTPUT).write_text(_bounded(output), encoding="utf-8", errors="replace")
+                meta = {**meta, "output_sha256": sha256_file(tmp / OUTPUT)}
             meta = json.loads(json.dumps({**meta, "key": key, "series_sha256": files}))  # as a reader sees it
             meta[RECORD_SHA] = record_digest(meta)
             (tmp / "result.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
@@ -137,6 +149,18 @@ class Cache:
             self._quarantine(d)
             return None
         return Entry(key, d, meta)
+
+    def output(self, key: str) -> str | None:
+        """What a cached run printed; None for an entry written without it. A damaged log says so."""
+        entry = self.read(key)
+        if entry is None or "output_sha256" not in entry.meta:
+            return None
+        path = entry.dir / OUTPUT
+        try:
+            ok = sha256_file(path) == entry.meta["output_sha256"]
+            return path.read_text(encoding="utf-8", errors="replace") if ok else "(this run's log is damaged)\n"
+        except OSError:
+            return "(this run's log is missing)\n"
 
     def _quarantine(self, d: Path) -> None:
         bad = self.paths.corrupt

@@ -152,12 +152,13 @@ def _fail_log(log: Path, run: PlannedRun, output: str, tb: str) -> None:
     log.write_text(f"# {run.experiment} [{run.label}] seed {run.seed}\n# config: {run.cfg}\n\n{output}\n{tb}")
 
 
-def _store(cache: Cache, run: PlannedRun, returned, outputs: dict, wall: float, log: Path) -> Outcome:
+def _store(cache: Cache, run: PlannedRun, returned, outputs: dict, wall: float, log: Path,
+           printed: str | None = None) -> Outcome:
     scalars, series, nonfinite = convert_outputs(returned, outputs)
     meta = {"experiment": run.experiment, "config": run.cfg, "point": run.point_dict, "seed": run.seed,
             "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
             "nonfinite": nonfinite, "wall_s": round(wall, 4), "source_hash": run.source_hash}
-    cache.write(run.key, meta, series)
+    cache.write(run.key, meta, series, printed)
     log.unlink(missing_ok=True)
     return Outcome(run, True, wall, nonfinite=nonfinite)
 
@@ -184,10 +185,13 @@ def _finish(task, result: JobResult) -> list[Outcome]:
         return [Outcome(r, False, result.wall, result.error, log, changed=result.changed) for r, log in zip(runs, logs)]
     cache = Cache(Path(task.cache_root))
     wall = result.wall / len(runs)
+    printed = result.output or ""
+    if len(runs) > 1:  # one run_batch call printed this for its whole block
+        printed = f"# printed by run_batch for seeds {runs[0].seed}-{runs[-1].seed} together\n{printed}"
     outcomes = []
     for r, returned, log in zip(runs, result.outputs, logs):
         try:  # each seed is validated and cached on its own
-            outcomes.append(_store(cache, r, returned, task.outputs, wall, Path(log)))
+            outcomes.append(_store(cache, r, returned, task.outputs, wall, Path(log), printed))
         except OSError as e:
             if disk_problem(e):  # the disk, not the run: stop here, with every run cached so far
                 raise DiskError.writing(e, cache.root, "the cache") from None
