@@ -8,12 +8,15 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
 
 from expost import __version__
 from expost.errors import ExpostError, Terminated
+from expost.fmt import num
 from expost.workspace import Progress, Workspace
 
 EPILOG = ("Exit codes: 0 success; 1 a claim's verdict was not the expected one, a run failed or an input was "
@@ -100,19 +103,54 @@ def cli(ctx, workspace):
 
 
 class ProgressBar(Progress):
-    """A progress bar on stderr, only on a terminal and without --quiet; warnings as they come."""
+    """Progress on stderr unless --quiet: a bar on a terminal (with the latest step of a run written
+    as a generator); otherwise a line when runs start and at least every HEARTBEAT_S seconds, so a
+    build whose output goes to a file is never silent for long."""
+
+    HEARTBEAT_S = float(os.environ.get("EXPOST_PROGRESS_S", 30))  # seconds between lines off a terminal
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.bar = None
+        self.total = self.done = 0
+        self.latest: dict = {}  # run label -> (its step line, when first seen, first step)
+        self.stop = threading.Event()
 
     def started(self, total: int) -> None:
-        if not self.quiet and total and sys.stderr.isatty():
+        self.total, self.done = total, 0
+        if self.quiet or not total:
+            return
+        if sys.stderr.isatty():
             self.bar = click.progressbar(length=total, label="running", file=sys.stderr, show_pos=True,
                                          show_eta=True)
             self.bar.__enter__()
+        else:
+            click.echo(f"running {total} run(s)", err=True)
+            threading.Thread(target=self._heartbeat, daemon=True, name="expost-progress").start()
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(self.HEARTBEAT_S):
+            lines = "; ".join(line for line, _, _ in list(self.latest.values())[-3:])
+            click.echo(f"{self.done} of {self.total} run(s) done" + (f"; {lines}" if lines else ""), err=True)
+
+    def step(self, run, values: dict) -> None:
+        label = f"{run.experiment} [{run.label}] seed {run.seed}"
+        now = time.monotonic()
+        _, since, first = self.latest.get(label, (None, now, None))
+        at = values.get("step", values.get("epoch"))
+        total = run.cfg.get("steps", run.cfg.get("epochs")) if "step" in values or "epoch" in values else None
+        shown = [f"{'step' if 'step' in values else 'epoch'} {at}" + (f"/{total}" if total else "")] if at is not None else []
+        shown += [f"{k} {num(v)}" for k, v in values.items() if k not in ("step", "epoch")][:3]
+        if at is not None and first is not None and total and at > first:
+            shown.append(f"ETA {(now - since) / (at - first) * (total - at):.0f} s")
+        self.latest[label] = (f"{label}: {', '.join(shown)}", since, first if first is not None else at)
+        if self.bar:
+            self.bar.label = f"{label}: {', '.join(shown)}"[:70]
+            self.bar.render_progress()
 
     def finished(self, outcome) -> None:
+        self.done += 1
+        self.latest.pop(f"{outcome.run.experiment} [{outcome.run.label}] seed {outcome.run.seed}", None)
         if self.bar:
             self.bar.update(1)
 
@@ -121,6 +159,7 @@ class ProgressBar(Progress):
                    "or truncated) set aside under the cache's corrupt/ folder; they run again", err=True)
 
     def close(self) -> None:
+        self.stop.set()
         if self.bar:
             self.bar.__exit__(None, None, None)
             self.bar = None

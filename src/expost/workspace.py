@@ -35,6 +35,9 @@ class Progress:
     def submitted(self, runs: tuple) -> None:
         """These runs (one, or a batch block) went out to a worker: running, or next in its queue."""
 
+    def step(self, run, values: dict) -> None:
+        """A run written as a generator yielded these values (the latest, about twice a second)."""
+
     def finished(self, outcome) -> None:
         """One run ended (outcome.ok tells whether it succeeded)."""
 
@@ -214,7 +217,8 @@ class Workspace:
 
         t0 = time.perf_counter()
         outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
-                           progress.finished, progress.started, corrupt, timeout, progress.submitted, executor)
+                           progress.finished, progress.started, corrupt, timeout, progress.submitted, executor,
+                           progress.step)
         report.wall_s = time.perf_counter() - t0
         planned = {r.key for p in plans.values() for r in p}
         done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}

@@ -368,8 +368,10 @@ class Helpers:
                        logy=logy, **extra)
             what = f"{n} seeds per line. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "curves":
+            axis, x = _logged_steps(spec, r, output)
             self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
+                       ylabel=ylabel or output, xlabel=xlabel or axis, logy=logy, **({"x": x} if x is not None else {}),
+                       **extra)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "scalar":
             if not by:
@@ -400,6 +402,20 @@ class Helpers:
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _logged_steps(spec: Spec, r: ResultSet, output: str) -> tuple[str, object]:
+    """The x axis of a series: ("step", None) for one value per step; but when the experiment
+    logs a series named step (or epoch), as a `run` that yields every k steps does, and every run
+    logged the same ones, those values, so the curve sits at the steps it was logged at."""
+    for axis in ("step", "epoch"):
+        if axis == output or spec.outputs.get(axis) is None or spec.outputs[axis].kind != "series":
+            continue
+        steps = r.series(axis)
+        if steps.ndim == 2 and len(steps) and steps.shape[1] == r.series(output).shape[1] \
+                and (steps == steps[0]).all():
+            return axis, steps[0]
+    return "step", None
 
 
 def _shown(value):

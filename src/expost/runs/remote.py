@@ -181,6 +181,7 @@ def _serve() -> None:
             results: list = []
             while not results:
                 results = pool.wait(None)
+                pool.progress.clear()  # a generator run's progress stays on the worker (not sent back)
             result = results[0][1]
         except Exception as e:  # the pool itself failed (no process could be started, ...): the task must
             for pool in _POOLS.values():  # still get an answer, and the next job a new pool

@@ -256,6 +256,7 @@ class LocalPool:
         self.pending: deque = deque()  # (handle, job) waiting for a worker
         self.procs: list = []  # every process started and not yet reaped
         self.start_cost: float | None = None
+        self.progress: list = []  # (handle, values) a running generator reported since the last look
         self.timing: dict = {}  # script -> {"fresh": s, "reused": s}: load + run of its latest runs
 
     def _fresh(self, job: Job) -> bool:
@@ -370,6 +371,9 @@ class LocalPool:
                 msg = w.conn.recv()
                 if isinstance(msg, float):  # ready
                     self.start_cost = msg - w.started
+                    continue
+                if isinstance(msg, tuple) and msg[:1] == ("progress",):  # the running job's latest values
+                    self.progress.append((w.queue[0][0], msg[1]))
                     continue
                 handle, job = w.queue.popleft()
                 w.since = time.monotonic()
@@ -554,7 +558,8 @@ class _KeyLocks:
 
 def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = None,
             device: str = "cpu", executor: Executor | None = None,
-            on_submit: Callable[[tuple], None] | None = None) -> list[Outcome]:
+            on_submit: Callable[[tuple], None] | None = None,
+            on_progress: Callable[[PlannedRun, dict], None] | None = None) -> list[Outcome]:
     """Run tasks (Task or BatchTask) in worker processes, `jobs` at a time (or through `executor`, a
     concurrent.futures executor); one Outcome per run, each cached as its result arrives.
     `on_submit(runs)` is told each task's runs as they go out to a worker (running, or next in its
@@ -614,6 +619,11 @@ def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = 
                 continue
             for handle, result in pool.wait(LOCK_POLL_S if held_elsewhere else None):
                 finish(handle, result)
+            for handle, values in getattr(pool, "progress", ()):  # local workers only
+                if on_progress and handle in out:
+                    on_progress(out[handle].runs[0], values)
+            if getattr(pool, "progress", None):
+                pool.progress.clear()
     except BaseException:
         pool.kill()
         with contextlib.suppress(BaseException):  # what arrived before a Ctrl-C is cached too

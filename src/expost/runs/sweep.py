@@ -23,7 +23,8 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
             force: bool = False, on_done: Callable[[object], None] | None = None,
             on_start: Callable[[int], None] | None = None,
             on_corrupt: Callable[[list], None] | None = None, timeout: float | None = None,
-            on_submit: Callable[[tuple], None] | None = None, executor=None) -> list:
+            on_submit: Callable[[tuple], None] | None = None, executor=None,
+            on_progress: Callable[[PlannedRun, dict], None] | None = None) -> list:
     """Validate what must run, then run it (where `executor`, a cluster.ExecutorChoice, says: local
     processes by default). Every completed run is cached even if others fail."""
     from expost.runs.cluster import opened
@@ -54,7 +55,7 @@ def run_all(ws: Layout, specs: list[Spec], plans: dict[str, list[PlannedRun]], s
 
     try:
         with opened(executor if tasks else None, jobs, sel.device) as pool:  # nothing to run: no connection
-            execute(tasks, jobs, done, sel.device, executor=pool, on_submit=on_submit)
+            execute(tasks, jobs, done, sel.device, executor=pool, on_submit=on_submit, on_progress=on_progress)
     finally:
         _record(cache, outcomes, {s.name: s for s in specs})
     return outcomes

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import io
 import os
 import random
@@ -163,10 +164,56 @@ def _load(job: Job):
     return module
 
 
-def run_job(job: Job) -> JobResult:
+PROGRESS_S = 0.5  # a running generator's latest values go to the parent at most this often
+
+
+def drive(steps, report=None) -> dict:
+    """A `run` written as a generator: each `yield {"step": t, "loss": ...}` adds one value to each
+    named series, and the dict it returns holds the final scalars; the outputs are both together.
+    `report(values)` hears the latest yielded values, at most every PROGRESS_S seconds."""
+    series: dict[str, list] = {}
+    last = 0.0
+    while True:
+        try:
+            values = next(steps)
+        except StopIteration as stop:
+            final = stop.value
+            break
+        if not isinstance(values, dict):
+            raise TypeError(f"run() yielded {type(values).__name__}; yield a dict of this step's values, "
+                            'e.g. yield {"step": t, "loss": loss.item()}')
+        n = len(next(iter(series.values()), ()))
+        for name, value in values.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+                value = value.item()  # a 0-d tensor or numpy number: one value
+            series.setdefault(name, [None] * n).append(value)
+        for name, column in series.items():
+            if name not in values:
+                column.append(None)
+        now = time.monotonic()
+        if report is not None and now - last >= PROGRESS_S:
+            last = now
+            report({k: v for k, v in values.items() if isinstance(v, (int, float))})
+    final = {} if final is None else final
+    if not isinstance(final, dict):
+        raise TypeError(f"run() (a generator) returned {type(final).__name__}; return a dict of the final "
+                        "scalars (or nothing)")
+    both = sorted(set(series) & set(final))
+    if both:
+        raise ValueError(f"{', '.join(both)}: both yielded at each step and returned at the end; yield a series "
+                         "and return a scalar under different names")
+    gaps = [k for k, col in series.items() if any(v is None for v in col)]
+    if gaps:
+        raise ValueError(f"{', '.join(gaps)}: missing from some of the yielded dicts; yield the same names every "
+                         "time (log every k steps with one yield holding them all)")
+    return {**series, **final}
+
+
+def run_job(job: Job, report=None) -> JobResult:
     """Execute a job in this process and return what it produced: a worker's whole part. Never
     raises, never touches the cache. SystemExit and KeyboardInterrupt raised by the experiment are
-    its failure like any exception (workers ignore Ctrl-C, so a KeyboardInterrupt here is the run's)."""
+    its failure like any exception (workers ignore Ctrl-C, so a KeyboardInterrupt here is the run's).
+    A `run` that is a generator is driven to its end (`drive`), its latest values told to `report`."""
     buf = io.StringIO()
     where = "importing the script"
     t0 = t1 = time.perf_counter()
@@ -182,6 +229,8 @@ def run_job(job: Job) -> JobResult:
                     returned = module.run_batch(job.cfg, list(job.seeds))
                 else:
                     returned = module.run(job.cfg, job.seeds[0])
+                    if inspect.isgenerator(returned):
+                        returned = drive(returned, report)
             finally:
                 wall = time.perf_counter() - t1
         if not job.batched:
@@ -439,8 +488,13 @@ def _worker(conn, threads: int | None, import_torch: bool, parent: int | None = 
         prepared = time.perf_counter() - t0
         watch.local = folder + os.sep
         watch.active = True
+
+        def report(values, _conn=conn):  # a generator run's latest values, on the result's pipe
+            with contextlib.suppress(Exception):
+                _conn.send(("progress", values))
+
         try:
-            result = run_job(job)
+            result = run_job(job, report)
         finally:
             watch.active = False
         ended = end_descendants()  # what the run started and left running dies with it
