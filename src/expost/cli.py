@@ -193,6 +193,11 @@ def print_runs(report) -> None:
     more = f" (+{report.extra} more seeds of their batch blocks)" if report.extra else ""
     click.echo(f"{report.planned} planned run(s): {report.cached} cached, {report.ran} ran{more}, "
                f"{report.failed} failed ({report.wall_s:.1f} s)", err=True)
+    if report.workspace_writes:
+        shown = ", ".join(report.workspace_writes[:8]) + (" ..." if len(report.workspace_writes) > 8 else "")
+        click.echo(f"warning: runs wrote into the workspace: {shown}. Seeds running at once overwrite such files "
+                   "and expost does not keep them; write to the folder os.environ['EXPOST_ARTIFACTS'] names "
+                   "instead (kept with each run, listed in the manifest)", err=True)
     for o in report.flagged:
         click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
                    f"{', '.join(o.nonfinite)}", err=True)
@@ -306,6 +311,8 @@ def log(ctx, experiment, seed, sel):
         click.echo(f"==> {r.experiment} [{r.label}] seed {r.seed}: {entry.status}{where}")
         if entry.text:
             click.echo(entry.text.rstrip("\n"))
+        for rel, path in entry.artifacts.items():
+            click.echo(f"artifact {rel}: {path}")
 
 
 @cli.command("list", epilog=EPILOG)

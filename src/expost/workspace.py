@@ -57,6 +57,7 @@ class RunReport:
     wall_s: float = 0.0
     outcomes: list = field(default_factory=list)
     corrupt: list = field(default_factory=list)
+    workspace_writes: list = field(default_factory=list)  # files the runs wrote or changed in the workspace
 
     @property
     def failures(self) -> list:
@@ -115,6 +116,7 @@ class RunLog:
     status: str
     text: str
     path: Path | None = None
+    artifacts: dict = field(default_factory=dict)  # relative path -> the file in the cache (EXPOST_ARTIFACTS)
 
 
 @dataclass
@@ -216,10 +218,13 @@ class Workspace:
             progress.corrupt(list(keys))
 
         t0 = time.perf_counter()
+        before = _workspace_files(self.root)
         outcomes = run_all(self.layout, specs, plans, sel, jobs or default_jobs(), force,
                            progress.finished, progress.started, corrupt, timeout, progress.submitted, executor,
                            progress.step)
         report.wall_s = time.perf_counter() - t0
+        after = _workspace_files(self.root)
+        report.workspace_writes = sorted(self.layout.rel(Path(p)) for p, sig in after.items() if before.get(p) != sig)
         planned = {r.key for p in plans.values() for r in p}
         done = {o.run.key: o for o in outcomes if o.run.key in planned and not o.reused}
         report.outcomes = outcomes
@@ -254,7 +259,8 @@ class Workspace:
             if cache.has(run.key):
                 text = cache.output(run.key)
                 out.append(RunLog(run, "cached", text if text is not None else
-                                  "(no output kept: this run was cached before expost kept the output of runs)\n"))
+                                  "(no output kept: this run was cached before expost kept the output of runs)\n",
+                                  artifacts=cache.artifacts(run.key)))
             elif failed.is_file():
                 out.append(RunLog(run, "failed", failed.read_text(encoding="utf-8", errors="replace"), failed))
             else:
@@ -399,6 +405,24 @@ class Workspace:
         again = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
         rebuilt = PostResult(pp.post.name, again.status, built.out, again.warnings, errors=again.errors)
         return Published(rebuilt, record, False, record.get("html_url") or record.get("git_url") or remote)
+
+
+def _workspace_files(root: Path) -> dict:
+    """The files directly in the workspace and in experiments/, by stat signature: where a script's
+    relative `torch.save("ckpt.pt")` lands (runs should write to EXPOST_ARTIFACTS instead)."""
+    from expost.files import signature
+
+    out = {}
+    for folder in (root, root / "experiments"):
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    # sources are the author's to edit while runs go; anything else new is the runs'
+                    if e.is_file(follow_symlinks=False) and not e.name.endswith((".py", ".toml", ".md", ".j2")):
+                        out[e.path] = signature(e.path)
+        except OSError:
+            pass
+    return out
 
 
 def default_jobs() -> int:

@@ -217,7 +217,8 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
                    "source_hash": spec.source_hash, "seeds": seeds[name],
                    "configs": _configs(pp.plans[name]),
                    "runs": [{"config": r.label, "seed": r.seed, "key": r.key,
-                             "wall_s": _wall(rsets[name], r.key)} for r in pp.plans[name]],
+                             "wall_s": _wall(rsets[name], r.key), **_artifacts(rsets[name], r.key)}
+                            for r in pp.plans[name]],
                    **_profile(spec, pp.profiles.get(name))}
             for name, spec in specs.items()},
         "claims": [v.as_dict() for name in specs for v in verdicts[name]],
@@ -244,6 +245,12 @@ def _configs(runs) -> list[dict]:
         if r.cfg not in seen:
             seen.append(r.cfg)
     return seen
+
+
+def _artifacts(rs, key: str) -> dict:
+    """The manifest's list of the files a run wrote to EXPOST_ARTIFACTS (kept in the cache with it)."""
+    found = next((r.artifacts for r in rs.records if r.key == key), None)
+    return {"artifacts": found} if found else {}
 
 
 def _wall(rs, key: str):

@@ -23,6 +23,22 @@ OUTPUT = "output.txt"  # what a run printed, beside its result
 MAX_OUTPUT = 1_000_000  # characters of it kept: the last ones (where the end of a run shows)
 
 
+ARTIFACTS = "artifacts"  # the files a run wrote to EXPOST_ARTIFACTS, beside its result
+
+
+def _write_artifacts(folder: Path, files: dict) -> dict:
+    digests = {}
+    for rel, data in sorted(files.items()):
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise ValueError(f"artifact path {rel!r} leaves the run's folder")
+        path = folder.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        digests[Path(rel).as_posix()] = sha256_file(path)
+    return digests
+
+
 def _bounded(text: str) -> str:
     if len(text) <= MAX_OUTPUT:
         return text
@@ -98,9 +114,11 @@ class Cache:
     def has(self, key: str) -> bool:
         return (self.entry_dir(key) / "result.json").exists()
 
-    def write(self, key: str, meta: dict, series: dict, output: str | None = None) -> None:
+    def write(self, key: str, meta: dict, series: dict, output: str | None = None,
+              artifacts: dict | None = None) -> None:
         """Write an entry atomically: build it in a temp dir, then rename into place. `output` (what
-        the run printed) is kept beside it, its sha256 in result.json like the series'."""
+        the run printed) and `artifacts` (the files it wrote to EXPOST_ARTIFACTS: relative path ->
+        bytes, under artifacts/) are kept beside it, their sha256 in result.json like the series'."""
         import numpy as np
 
         final = self.entry_dir(key)
@@ -117,6 +135,8 @@ class Cache:
             if output is not None:
                 (tmp / OUTPUT).write_text(_bounded(output), encoding="utf-8", errors="replace")
                 meta = {**meta, "output_sha256": sha256_file(tmp / OUTPUT)}
+            if artifacts:
+                meta = {**meta, "artifacts_sha256": _write_artifacts(tmp / ARTIFACTS, artifacts)}
             meta = json.loads(json.dumps({**meta, "key": key, "series_sha256": files}))  # as a reader sees it
             meta[RECORD_SHA] = record_digest(meta)
             (tmp / "result.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
@@ -161,6 +181,22 @@ class Cache:
             return path.read_text(encoding="utf-8", errors="replace") if ok else "(this run's log is damaged)\n"
         except OSError:
             return "(this run's log is missing)\n"
+
+    def artifacts(self, key: str) -> dict[str, Path]:
+        """The files a cached run wrote (relative path -> path in the cache), each checked against its
+        sha256 here, when asked for (not on every read: checkpoints can be large). A damaged one
+        makes the entry corrupt: set aside, so the run runs again."""
+        entry = self.read(key)
+        if entry is None:
+            return {}
+        found = {}
+        for rel, digest in entry.meta.get("artifacts_sha256", {}).items():
+            path = entry.dir / ARTIFACTS / rel
+            if not path.is_file() or sha256_file(path) != digest:
+                self._quarantine(entry.dir)
+                return {}
+            found[rel] = path
+        return found
 
     def _quarantine(self, d: Path) -> None:
         bad = self.paths.corrupt

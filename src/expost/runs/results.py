@@ -28,6 +28,7 @@ class Record:
     key: str = ""
     series_len: dict | None = None  # from the cache entry: lets series() preallocate
     digest: str = ""  # the sha256 of its cache entry (record_sha256), vouching for every value in it
+    artifacts: dict | None = None  # relative path -> sha256 of each file the run wrote to EXPOST_ARTIFACTS
 
 
 def _matches(value, wanted) -> bool:
@@ -214,5 +215,5 @@ def from_cache(cache, spec, runs: list) -> "ResultSet":
         m = entry.meta
         records.append(Record(r.experiment, r.point_dict, r.cfg, r.seed, m["scalars"], entry.series,
                               tuple(m.get("nonfinite", ())), m.get("wall_s", 0.0), r.key, m.get("series_len"),
-                              m[RECORD_SHA]))
+                              m[RECORD_SHA], m.get("artifacts_sha256")))
     return ResultSet(records, {n: o.declared for n, o in spec.outputs.items()}, spec.name)

@@ -153,12 +153,12 @@ def _fail_log(log: Path, run: PlannedRun, output: str, tb: str) -> None:
 
 
 def _store(cache: Cache, run: PlannedRun, returned, outputs: dict, wall: float, log: Path,
-           printed: str | None = None) -> Outcome:
+           printed: str | None = None, artifacts: dict | None = None) -> Outcome:
     scalars, series, nonfinite = convert_outputs(returned, outputs)
     meta = {"experiment": run.experiment, "config": run.cfg, "point": run.point_dict, "seed": run.seed,
             "scalars": scalars, "series_len": {k: int(v.size) for k, v in series.items()},
             "nonfinite": nonfinite, "wall_s": round(wall, 4), "source_hash": run.source_hash}
-    cache.write(run.key, meta, series, printed)
+    cache.write(run.key, meta, series, printed, artifacts)
     log.unlink(missing_ok=True)
     return Outcome(run, True, wall, nonfinite=nonfinite)
 
@@ -191,7 +191,7 @@ def _finish(task, result: JobResult) -> list[Outcome]:
     outcomes = []
     for r, returned, log in zip(runs, result.outputs, logs):
         try:  # each seed is validated and cached on its own
-            outcomes.append(_store(cache, r, returned, task.outputs, wall, Path(log), printed))
+            outcomes.append(_store(cache, r, returned, task.outputs, wall, Path(log), printed, getattr(result, "artifacts", None)))
         except OSError as e:
             if disk_problem(e):  # the disk, not the run: stop here, with every run cached so far
                 raise DiskError.writing(e, cache.root, "the cache") from None

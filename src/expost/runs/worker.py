@@ -11,13 +11,15 @@ import inspect
 import io
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,37 @@ class JobResult:
     load: float = 0.0  # loading the experiment before it
     crashed: bool = False  # the worker died: no output, no log
     changed: tuple = ()  # global state the run changed (local workers): its worker was replaced
+    artifacts: dict = field(default_factory=dict)  # relative path -> bytes the run wrote to EXPOST_ARTIFACTS
+
+
+ARTIFACTS_ENV = "EXPOST_ARTIFACTS"  # the folder of a run's own files (checkpoints, samples), kept with it
+MAX_ARTIFACT_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def artifacts_folder(into: dict):
+    """A fresh folder for the run's files, named by EXPOST_ARTIFACTS while it runs (os.environ is
+    restored after, so the worker's fingerprint is unchanged); what it holds then is read into `into`
+    and the folder removed. Over MAX_ARTIFACT_BYTES in all is the run's failure."""
+    folder = tempfile.mkdtemp(prefix="expost-artifacts-")
+    before = os.environ.get(ARTIFACTS_ENV)
+    os.environ[ARTIFACTS_ENV] = folder
+    try:
+        yield folder
+        total = 0
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+                if total > MAX_ARTIFACT_BYTES:
+                    raise OSError(f"the run wrote over {MAX_ARTIFACT_BYTES >> 20} MiB into {ARTIFACTS_ENV}; keep "
+                                  "fewer or smaller files there (expost stores them with the run)")
+                into[path.relative_to(folder).as_posix()] = path.read_bytes()
+    finally:
+        if before is None:
+            os.environ.pop(ARTIFACTS_ENV, None)
+        else:
+            os.environ[ARTIFACTS_ENV] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -218,8 +251,9 @@ def run_job(job: Job, report=None) -> JobResult:
     where = "importing the script"
     t0 = t1 = time.perf_counter()
     wall = 0.0
+    files: dict = {}
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), artifacts_folder(files):
             module = _load(job)
             seed_everything(job.seeds[0])
             where = "run_batch()" if job.batched else "run()"
@@ -239,7 +273,7 @@ def run_job(job: Job, report=None) -> JobResult:
             outputs = [portable(r) for r in returned]
         else:
             outputs = returned
-        return JobResult(outputs, output=buf.getvalue(), wall=wall, load=t1 - t0)
+        return JobResult(outputs, output=buf.getvalue(), wall=wall, load=t1 - t0, artifacts=files)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         tb = traceback.format_exc()
