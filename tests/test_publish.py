@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -69,12 +70,17 @@ def test_manifest_records_provenance(post_ws):
     text = (out / "manifest.json").read_text()
     m = json.loads(text)
     assert text == json.dumps(m, sort_keys=True, indent=1) + "\n"  # sorted and stable
-    assert set(m["versions"]) == {"python", "torch", "numpy", "matplotlib", "expost"}
+    assert set(m["versions"]) == {"python", "torch", "numpy", "matplotlib", "pillow", "jinja2", "markupsafe",
+                                  "markdown-it-py", "mdit-py-plugins", "pygments", "latex2mathml", "expost",
+                                  "expost_code_sha256"}
+    from expost.freshness import code_hash
+    assert m["versions"]["expost_code_sha256"] == code_hash()
     assert m["git"]["commit"] and m["git"]["dirty"] is False
     assert m["command"] == "expost build tiny"
     exp = m["experiments"]["tiny_torch"]
     assert exp["seeds"] == [1, 2, 3, 4, 5] and len(exp["configs"]) == 2 and len(exp["runs"]) == 10
-    assert all(len(r["key"]) == 64 and r["wall_s"] >= 0 for r in exp["runs"])
+    assert all(len(r["key"]) == 64 and "wall_s" not in r for r in exp["runs"])  # timings stay in the cache
+    assert "post.md" in m["files"] and "post.html" in m["files"]
     assert {c["verdict"] for c in m["claims"]} == {"holds"}
     for rel, digest in m["files"].items():
         import hashlib
@@ -316,3 +322,35 @@ def test_new_workspace_inside_a_repository_is_not_nested(tmp_path):
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "project" / "study" / ".git").exists()
     assert "is inside the git repository at" in r.stderr
+
+
+def test_the_recorded_commit_reproduces_the_bundle(post_ws, tmp_path, monkeypatch):
+    """Check the manifest's commit out into a fresh clone, build there with an empty cache: the same
+    bundle, byte for byte. A dirty build says so, with a hash of what differs."""
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    git("-C", str(post_ws), "add", "-A")
+    git("-C", str(post_ws), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "publish")
+    manifest = json.loads((post_ws / "publish" / "tiny" / "manifest.json").read_text())
+    assert manifest["git"] == {"commit": git("-C", str(post_ws), "log", "-1", "--format=%H", "--", "experiments",
+                                             "templates"), "dirty": False}
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(post_ws), str(clone))
+    git("-C", str(clone), "checkout", "-q", manifest["git"]["commit"])
+    shutil.rmtree(clone / "publish", ignore_errors=True)
+    monkeypatch.setenv("EXPOST_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    monkeypatch.chdir(clone)
+    assert invoke("build", "tiny", "-q").exit_code == 0
+    built = {p.relative_to(clone / "publish" / "tiny"): p.read_bytes()
+             for p in sorted((clone / "publish" / "tiny").rglob("*")) if p.is_file()}
+    committed = {p.relative_to(post_ws / "publish" / "tiny"): p.read_bytes()
+                 for p in sorted((post_ws / "publish" / "tiny").rglob("*")) if p.is_file()}
+    assert built == committed
+    # an uncommitted edit: dirty, with a hash that tells two different edits apart
+    t = clone / "templates" / "tiny.md.j2"
+    states = []
+    for extra in ("\nOne more line.\n", "\nAnother line.\n"):
+        t.write_text(t.read_text() + extra)
+        assert invoke("build", "tiny", "-q").exit_code == 0
+        states.append(json.loads((clone / "publish" / "tiny" / "manifest.json").read_text())["git"])
+    assert all(s["dirty"] is True and len(s["diff_sha256"]) == 64 for s in states)
+    assert states[0]["diff_sha256"] != states[1]["diff_sha256"]

@@ -279,6 +279,17 @@ def template_files(ws: Layout, post_path: Path) -> list[Path]:
     return seen
 
 
+def own_code(root: Path) -> list[Path]:
+    """expost's sources and the pyproject.toml beside them, when they lie inside `root` (expost
+    developed in the workspace's repository); else nothing (an installed expost: its version and
+    code hash are in the manifest)."""
+    src = EXPOST_ROOT.resolve()
+    if not src.is_relative_to(Path(root).resolve()):
+        return []
+    project = src.parents[1] / "pyproject.toml"
+    return [src] + ([project] if project.is_file() else [])
+
+
 def post_inputs(ws: Layout, post_path: Path, specs) -> list[Path]:
     """The files a post is built from, in the workspace: its templates and experiment sources."""
     from expost.runs.spec import local_sources

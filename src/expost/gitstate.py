@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 
 def git_state(root: Path, inputs: list[Path]) -> dict:
-    """The last commit that touched the post's inputs, and whether they differ from it."""
+    """The last commit that touched the post's inputs (files or folders), and whether they differ
+    from it; when they do, `diff_sha256` identifies the difference (the diff of tracked files and
+    the bytes of untracked ones), so two dirty builds from different edits never look alike."""
     rels = [str(p.relative_to(root)) for p in inputs]
+    git = ["git", "-C", str(root)]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H", "--", *rels],
+        commit = subprocess.run([*git, "log", "-1", "--format=%H", "--", *rels], capture_output=True, text=True,
+                                timeout=30)
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=all", "--", *rels],
                                 capture_output=True, text=True, timeout=30)
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *rels],
-                                capture_output=True, text=True, timeout=30)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        state = {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
+        if state["dirty"]:
+            h = hashlib.sha256(subprocess.run([*git, "diff", "HEAD", "--binary", "--", *rels], capture_output=True,
+                                              timeout=30).stdout)
+            for line in sorted(status.stdout.splitlines()):
+                if line.startswith("??"):
+                    name = line[3:]
+                    h.update(name.encode() + b"\0" + (root / name).read_bytes())
+            state["diff_sha256"] = h.hexdigest()
+        return state
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
-    if commit.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
 
 
 def head(root: Path) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from expost.runs.cache import Cache
 from expost.errors import DiskError, MissingRunsError, PublishError, SpecError
 from expost.files import disk_problem
-from expost.freshness import PostStamp, post_inputs, post_key
+from expost.freshness import PostStamp, own_code, post_inputs, post_key
 from expost.gitstate import git_state, head
 from expost.runs.plan import Selection, load_specs, plan_runs, profile_of, with_settings
 from expost.runs.plan import PlannedRun
@@ -81,7 +81,10 @@ def render_key(ws: Layout, pp: PostPlan, command: str) -> str:
 
 
 def _git_state(ws: Layout, pp: PostPlan) -> dict:
-    return git_state(ws.root, post_inputs(ws, pp.post.path, pp.specs.values()))
+    """The git state of what builds the post: its inputs, and expost's own code and pyproject.toml
+    when expost is developed inside the workspace's repository (as here): the recorded commit is
+    then one whose checkout reproduces the bundle."""
+    return git_state(ws.root, post_inputs(ws, pp.post.path, pp.specs.values()) + own_code(ws.root))
 
 
 def up_to_date(ws: Layout, pp: PostPlan, key: str) -> bool:
@@ -215,8 +218,7 @@ def check_post(ws: Layout, pp: PostPlan, sel: Selection) -> list[str]:
 
 
 def diff_trees(new: Path, old: Path) -> list[str]:
-    from expost.publish.export import comparable
-
+    """Whole files compared: nothing in a bundle may differ between two honest builds."""
     def files(root: Path) -> dict:
         if not root.is_dir():
             return {}
@@ -229,7 +231,7 @@ def diff_trees(new: Path, old: Path) -> list[str]:
             out.append(f"{name}: missing from publish/")
         elif name not in a:
             out.append(f"{name}: no longer produced")
-        elif comparable(name, a[name].read_bytes()) != comparable(name, b[name].read_bytes()):
+        elif a[name].read_bytes() != b[name].read_bytes():
             out.append(f"{name}: differs")
     return out
 

@@ -35,8 +35,6 @@ MAX_BYTES = 10_000_000
 GISTFILE = re.compile(r"^gistfile\d+", re.IGNORECASE)
 REPRODUCE = Path(__file__).parent / "standalone" / "reproduce.py"  # copied into every gist as is
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()figures/([^)\s]+)(\))")
-# Fields that differ between two honest rebuilds (timings); `build --check` ignores them.
-VOLATILE = ("wall_s",)
 
 
 @dataclass
@@ -45,15 +43,25 @@ class Exported:
 
 
 def dist_version(name: str) -> str | None:
+    """The installed version, or None: not installed, or a broken dist-info folder (no METADATA:
+    importlib_metadata, once something imports it, raises MetadataNotFound there)."""
     try:
         return metadata.version(name)
-    except metadata.PackageNotFoundError:
+    except Exception:
         return None
 
 
+# The packages whose version decides a bundle's bytes (figures, markdown, HTML, maths, highlighted
+# code), recorded in the manifest beside python and expost's version and code hash.
+BUNDLE_PACKAGES = ("torch", "numpy", "matplotlib", "pillow", "jinja2", "markupsafe", "markdown-it-py",
+                   "mdit-py-plugins", "pygments", "latex2mathml")
+
+
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": dist_version("torch"), "numpy": dist_version("numpy"),
-            "matplotlib": dist_version("matplotlib"), "expost": __version__}
+    from expost.freshness import code_hash
+
+    return {"python": platform.python_version(), **{name: dist_version(name) for name in BUNDLE_PACKAGES},
+            "expost": __version__, "expost_code_sha256": code_hash()}
 
 
 def _csv(records, axes: list[str], scalars: list[str]) -> str:
@@ -216,8 +224,8 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
             name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],
                    "source_hash": spec.source_hash, "seeds": seeds[name],
                    "configs": _configs(pp.plans[name]),
-                   "runs": [{"config": r.label, "seed": r.seed, "key": r.key,
-                             "wall_s": _wall(rsets[name], r.key), **_artifacts(rsets[name], r.key)}
+                   # per-run timings stay in the cache: a rebuild must not change a committed file
+                   "runs": [{"config": r.label, "seed": r.seed, "key": r.key, **_artifacts(rsets[name], r.key)}
                             for r in pp.plans[name]],
                    **_profile(spec, pp.profiles.get(name))}
             for name, spec in specs.items()},
@@ -227,9 +235,11 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     manifest["files"] = {**{f"gist/{p.name}": sha256_file(p) for p in sorted(gist.iterdir())},
                          **{f"figures/{p.name}": sha256_file(p) for p in figure_files},
                          "post.html": sha256_file(stage / "post.html")}
-    text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
-    (stage / "manifest.json").write_text(text, encoding="utf-8")
-    (gist / "manifest.json").write_text(text, encoding="utf-8")
+    # The gist's copy leaves out post.md: its figure links are pinned to the gist's own commit, so
+    # its hash inside the gist would change the gist, which would change the links, and so on.
+    (gist / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+    manifest["files"]["post.md"] = sha256_file(stage / "post.md")
+    (stage / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     out.warnings += check_gist(gist)
     return out
 
@@ -253,13 +263,6 @@ def _artifacts(rs, key: str) -> dict:
     return {"artifacts": found} if found else {}
 
 
-def _wall(rs, key: str):
-    for r in rs.records:
-        if r.key == key:
-            return r.wall_s
-    return None
-
-
 def check_gist(gist: Path) -> list[str]:
     """Flat, no oversized files. Returns warnings; raises for what a gist cannot hold."""
     warnings = []
@@ -273,15 +276,3 @@ def check_gist(gist: Path) -> list[str]:
         if size > WARN_BYTES:
             warnings.append(f"gist bundle: {p.name} is {size / 1e6:.1f} MB (over 1 MB); the gist web view may truncate it")
     return warnings
-
-
-def comparable(name: str, data: bytes) -> bytes:
-    """File bytes as `build --check` compares them: manifests without timing fields."""
-    if not name.endswith("manifest.json"):
-        return data
-    manifest = json.loads(data)
-    for exp in manifest.get("experiments", {}).values():
-        for run in exp.get("runs", []):
-            for k in VOLATILE:
-                run.pop(k, None)
-    return json.dumps(manifest, sort_keys=True, indent=1).encode()
