@@ -46,7 +46,8 @@ def test_build_twice_is_byte_identical_and_complete(post_ws):
     assert {"post.md", "post.html", "manifest.json", "figures/fig1-curves-loss-lr.png",
             "figures/fig2-seeds-loss.png", "gist/README.md"} <= set(first)
     md = first["post.md"].decode()
-    assert md.startswith("# Tiny $x^2$ post")
+    assert md.startswith("*")  # the summary: the title is LessWrong's own field, pasted from title.txt
+    assert first["title.txt"].decode() == "Tiny $x^2$ post\n"
     assert "## Seed variance and reproducibility" in md
     assert "The loss ends below its start. (lr=0.05) **holds in all 5 seeds.**" in md
     assert "`expost build tiny`" in md

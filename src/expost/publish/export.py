@@ -210,7 +210,9 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
 
     forum, warnings = to_forum_markdown(relative_md, image_url)
     out.warnings += warnings
+    title, forum = split_title(forum)
     (stage / "post.md").write_text(forum, encoding="utf-8")
+    (stage / "title.txt").write_text(title + "\n", encoding="utf-8")
 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -234,7 +236,7 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     figure_files = sorted(figs.iterdir()) if figs.is_dir() else []
     manifest["files"] = {**{f"gist/{p.name}": sha256_file(p) for p in sorted(gist.iterdir())},
                          **{f"figures/{p.name}": sha256_file(p) for p in figure_files},
-                         "post.html": sha256_file(stage / "post.html")}
+                         "post.html": sha256_file(stage / "post.html"), "title.txt": sha256_file(stage / "title.txt")}
     # The gist's copy leaves out post.md: its figure links are pinned to the gist's own commit, so
     # its hash inside the gist would change the gist, which would change the links, and so on.
     (gist / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
@@ -242,6 +244,15 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     (stage / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     out.warnings += check_gist(gist)
     return out
+
+
+def split_title(md: str) -> tuple[str, str]:
+    """(title, body) of the forum post.md: LessWrong takes the title in a field of its own, so a
+    leading `# Title` heading would show it twice; it goes to title.txt, to paste into that field."""
+    first, _, rest = md.partition("\n")
+    if not first.startswith("# "):
+        return "", md
+    return first[2:].strip(), rest.lstrip("\n")
 
 
 def _profile(spec, name: str | None) -> dict:
