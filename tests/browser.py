@@ -110,3 +110,41 @@ def check_page(html_path: Path, screenshot_path: Path, *, width: int = 900) -> d
     facts["console_errors"] = console_errors
     facts["requests"] = requests
     return facts
+
+
+_OVERFLOW_JS = """() => {
+  const vw = document.documentElement.clientWidth;
+  const scroller = el => { for (let a = el.parentElement; a; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if ((o === 'auto' || o === 'scroll') && a.getBoundingClientRect().right <= vw + 1) return a; }
+    return null; };
+  const out = [], scrollable = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= vw + 1) continue;
+    const s = scroller(el);
+    if (s) { if (!scrollable.includes(s)) scrollable.push(s); }
+    else out.push(el.tagName + (el.className ? '.' + el.className : '') + ' right=' + Math.round(r.right));
+  }
+  return {page_width: document.documentElement.scrollWidth, viewport_width: vw, overflowing: out.slice(0, 10),
+          scrollers: scrollable.map(s => s.tagName + ':' + getComputedStyle(s).overflowX)};
+}"""
+
+
+def overflow(html_path: Path, width: int) -> dict:
+    """At `width` px: the page's and the viewport's widths, elements reaching past the viewport
+    that no scrollable box holds (`overflowing`), and the boxes that scroll what is wider."""
+    from playwright.sync_api import sync_playwright
+
+    executable = require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+                                    timeout=TIMEOUT_MS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:")) else r.abort())
+            page.goto(Path(html_path).resolve().as_uri(), wait_until="load")
+            return page.evaluate(_OVERFLOW_JS)
+        finally:
+            browser.close()

@@ -304,3 +304,35 @@ def test_page_renders_in_chromium(tmp_path):
     assert facts["requests"] == []  # nothing left the file
     assert facts["page_width"] <= facts["viewport_width"]  # no horizontal overflow
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("width", [1000, 390])
+def test_no_example_post_overflows_the_page_and_wide_parts_scroll(width):
+    from browser import overflow
+
+    from conftest import REPO
+
+    for post in sorted((REPO / "publish").glob("*/post.html")):
+        facts = overflow(post, width)
+        assert facts["page_width"] <= facts["viewport_width"], (post.parent.name, width, facts)
+        assert facts["overflowing"] == [], (post.parent.name, width, facts)
+        assert all(s.endswith((":auto", ":scroll")) for s in facts["scrollers"])
+
+
+def test_the_overflow_check_sees_what_sticks_out_and_what_scrolls(tmp_path):
+    from browser import overflow
+
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!doctype html><html><body style='max-width:30rem'><pre style='overflow:visible'>"
+                   + "x" * 400 + "</pre><div style='width:800px'>wide</div></body></html>")
+    facts = overflow(bad, 390)
+    assert facts["page_width"] > facts["viewport_width"]  # the text sticking out of the pre
+    assert facts["overflowing"] == ["DIV right=808"]  # the element wider than the page
+    wide = "| " + " | ".join(f"column {i}" for i in range(13)) + " |\n|" + "---|" * 13 + "\n| " + \
+        " | ".join(f"{i / 7:.6f}" for i in range(13)) + " |\n"
+    good = tmp_path / "good.html"
+    good.write_text(page(wide + "\n```python\n" + "y = " + "1 + " * 120 + "1\n```\n", tmp_path, title="Wide"),
+                    encoding="utf-8")
+    facts = overflow(good, 390)
+    assert facts["overflowing"] == [] and facts["page_width"] <= facts["viewport_width"]
+    assert {"TABLE:auto", "PRE:auto"} <= set(facts["scrollers"])
