@@ -53,3 +53,15 @@ def test_scurves_runs_with_torch_but_without_expost(tmp_path):
                        env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "final_loss:" in r.stdout and "drop_step:" in r.stdout
+
+
+def test_every_template_helper_is_documented_in_the_readme():
+    from expost.posts.render import Helpers
+
+    readme = (REPO / "README.md").read_text()
+    bare = Helpers.__new__(Helpers)
+    bare.i = type("NoInputs", (), {"post": None})()
+    helpers = [name for name, value in bare.globals().items() if callable(value)]
+    assert {"results", "stat", "figure", "code", "claim", "verdict", "caveat", "compare", "seed_table"} <= set(helpers)
+    for name in helpers:
+        assert re.search(rf"\| `{name}\(", readme), f"template helper {name}() is not in the README's helper table"
