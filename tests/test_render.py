@@ -169,3 +169,17 @@ def test_figure_overlays_several_series_outputs(post_ws):
         f"---{head}---\n{{{{ figure(results('toy'), 'scalar', ['final', 'final'], by='rate') }}}}\n")
     with pytest.raises(TemplateError, match="only by kind='curves'"):
         render_post(post_ws, "bad")
+
+
+def test_an_own_figure_function_needs_no_output_and_names_its_figure(post_ws):
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    body = "{{ figure(results('toy'), 'final_by_rate') }}\n{{ figure(results('toy'), 'bare') }}\n"
+    (post_ws / "templates" / "own.md.j2").write_text(f"---{head}---\n{body}")
+    exp = post_ws / "experiments" / "toy.py"
+    exp.write_text(exp.read_text() + '\n\ndef figure_final_by_rate(ax, r):\n    """Final value by decay rate, one dot'
+                   ' per seed.\n\n    More words."""\n    ax.plot([0, 1], [1, 0])\n\n\n'
+                   "def figure_bare(ax, r):\n    ax.plot([0, 1], [0, 1])\n")
+    rendered, out = render_post(post_ws, "own")
+    assert "![Final value by decay rate, one dot per seed](figures/fig1-final-by-rate.png)" in rendered.markdown
+    assert "![bare](figures/fig2-bare.png)" in rendered.markdown
+    assert (out / "figures" / "fig1-final-by-rate.png").is_file()

@@ -398,10 +398,28 @@ class Helpers:
             self._draw_own(spec, kind, path, r)
             what = f"{n} seeds"
         self.figures[rel] = path
-        alt_text = alt or f"{kind} of {output or kind}" + (f" by {by}" if by else "")
+        if kind in ("curves", "scalar", "seeds", "panels"):
+            alt_text = alt or f"{kind} of {output}" + (f" by {by}" if by else "")
+        else:  # an experiment's own figure function: its docstring says what it shows
+            alt_text = alt or _figure_doc(spec, kind) or kind.replace("_", " ")
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _figure_doc(spec: Spec, kind: str) -> str:
+    """The first line of `figure_KIND`'s docstring, read from the file (nothing imported)."""
+    import ast
+
+    try:
+        tree = ast.parse(spec.path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == FIGURE_PREFIX + kind:
+            doc = ast.get_docstring(node) or ""
+            return doc.strip().splitlines()[0].strip().rstrip(".") if doc.strip() else ""
+    return ""
 
 
 def _logged_steps(spec: Spec, r: ResultSet, output: str) -> tuple[str, object]:
