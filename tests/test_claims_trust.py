@@ -79,7 +79,7 @@ def test_quantitative_claims_show_their_numbers(tmp_path, monkeypatch):
     lines = r.output.splitlines()
     assert "holds" in lines[1] and "5/5" in lines[1] and "expected ≈ 2 ± 10%" in lines[1], r.output
     assert "fails (xfail)" in lines[2] and "0/5" in lines[2] and "expected > 3" in lines[2], r.output
-    assert "holds" in lines[3] and "yes" in lines[3] and "value median 0.5" in lines[3], r.output
+    assert "holds" in lines[3] and "one test on all 5" in lines[3] and "value median 0.5" in lines[3], r.output
 
 
 def test_xfail_claims_exit_0_when_they_fail_and_1_when_they_hold(tmp_path, monkeypatch):

@@ -243,18 +243,46 @@ def run(ctx, experiments, sel, jobs, executor, scheduler, quiet, force, yes, tim
                                                  executor=executor, scheduler=scheduler)))
 
 
+CLAIM_WIDTH = 48  # the claim column wraps here: whole sentences, never cut
+
+
 def _verdict_table(verdicts) -> list[str]:
-    rows = [("experiment", "claim", "group", "verdict", "k/n", "need", "numbers")]
+    """One row per claim (and group): the whole claim sentence, wrapped in its column; what the
+    count means (k of n seeds and the fraction needed, or one verdict on all seeds together)."""
+    import textwrap
+
+    rows = [(("experiment",), ("claim",), ("group",), ("verdict",), ("seeds",), ("numbers",))]
     for v in verdicts:
-        text = v.claim if len(v.claim) <= 60 else v.claim[:57] + "..."
-        need = f">={v.min_frac:.0%}" if v.per_seed else "-"
+        if v.per_seed:
+            count = f"{v.k}/{v.n} hold" + (f" (need {v.min_frac:.0%})" if v.min_frac < 1 else " (need all)")
+        else:
+            count = f"one test on all {v.n_seeds}"
         extra = v.numbers or v.detail
         if v.missing:
             extra = (extra + "; " if extra else "") + f"{v.missing} seed(s) missing"
         verdict = v.verdict if not v.xfail else f"{v.verdict} ({'xfail' if v.verdict != 'holds' else 'XPASS'})"
-        rows.append((v.experiment, text, v.group or "-", verdict, v.k_of_n, need, extra))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
+        rows.append(((v.experiment,), tuple(textwrap.wrap(v.claim, CLAIM_WIDTH)) or ("",), (v.group or "-",),
+                     (verdict,), (count,), (extra,)))
+    widths = [max(len(line) for r in rows for line in r[i]) for i in range(5)]
+    out = []
+    for r in rows:
+        for i in range(max(len(cell) for cell in r)):
+            cells = [cell[i] if i < len(cell) else "" for cell in r]
+            out.append(("  ".join(c.ljust(w) for c, w in zip(cells[:5], widths)) + "  " + cells[5]).rstrip())
+    return out
+
+
+def _verdict_counts(verdicts, unexpected, inconclusive) -> str:
+    """'12 claim results: 9 holds, 1 fails, 2 inconclusive; 10 as expected, 2 inconclusive'."""
+    kinds: dict[str, int] = {}
+    for v in verdicts:
+        kinds[v.verdict] = kinds.get(v.verdict, 0) + 1
+    expected = {"as expected": len(verdicts) - len(unexpected) - len(inconclusive), "unexpected": len(unexpected),
+                "inconclusive": len(inconclusive)}
+    if not verdicts:
+        return "no claims declared"
+    return (f"{len(verdicts)} claim result(s): " + ", ".join(f"{n} {k}" for k, n in kinds.items()) + "; "
+            + ", ".join(f"{n} {k}" for k, n in expected.items() if n))
 
 
 @cli.command(epilog=EPILOG)
@@ -281,9 +309,7 @@ def check(ctx, experiments, sel, allow_inconclusive):
     for line in _verdict_table(verdicts):
         click.echo(line.rstrip())
     unexpected, inconclusive = surprises(verdicts)
-    counts = {"as expected": len(verdicts) - len(unexpected) - len(inconclusive), "unexpected": len(unexpected),
-              "inconclusive": len(inconclusive)}
-    click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims declared", err=True)
+    click.echo(_verdict_counts(verdicts, unexpected, inconclusive), err=True)
     if unexpected:
         sys.exit(1)
     if inconclusive and not allow_inconclusive:
