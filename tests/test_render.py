@@ -183,3 +183,18 @@ def test_an_own_figure_function_needs_no_output_and_names_its_figure(post_ws):
     assert "![Final value by decay rate, one dot per seed](figures/fig1-final-by-rate.png)" in rendered.markdown
     assert "![bare](figures/fig2-bare.png)" in rendered.markdown
     assert (out / "figures" / "fig1-final-by-rate.png").is_file()
+
+
+def test_seed_table_long_layout_has_a_row_per_config_and_seed(post_ws):
+    head = (post_ws / "templates" / "golden.md.j2").read_text().split("---")[1]
+    body = "{{ seed_table(results('toy'), 'final', layout='long') }}\n"
+    (post_ws / "templates" / "long.md.j2").write_text(f"---{head}---\n{body}")
+    rendered, _ = render_post(post_ws, "long")
+    rows = [line for line in rendered.markdown.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| rate | seed | final |"
+    assert len(rows) == 1 + 2 * 10  # two rates x ten seeds
+    assert rows[1].startswith("| 0.5 | 1 | ") and rows[-1].startswith("| 1 | 10 | ")
+    (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n" + "{{ seed_table(results('toy'), 'final', "
+                                                     "layout='tall') }}\n")
+    with pytest.raises(TemplateError, match="layout='tall'"):
+        render_post(post_ws, "bad")

@@ -301,9 +301,16 @@ class Helpers:
             paired = paired_compare(a.scalar(name), b.scalar(name))
         return caveats.difference(name, label_a, sa, label_b, sb, paired, unit)
 
-    def seed_table(self, r: ResultSet, outputs, by: str | None = None) -> str:
-        """A markdown table: one row per seed, one column per output (and per group with `by`)."""
+    def seed_table(self, r: ResultSet, outputs, by: str | None = None, layout: str = "wide") -> str:
+        """A markdown table: one row per seed, one column per output (and per group with `by`);
+        layout="long" instead gives one row per (config, seed), with a column for each sweep axis
+        that varies in `r`: readable for wide sweeps, whose wide table would have many columns."""
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        if layout not in ("wide", "long"):
+            raise TemplateError(f"seed_table(layout={layout!r}): use layout=\"wide\" (a row per seed) or "
+                                "layout=\"long\" (a row per config and seed)")
+        if layout == "long":
+            return self._long_table(r, outputs)
         groups = r.group_by(by) if by else {None: r}
         cols, data = [], []
         for value, g in groups.items():
@@ -315,6 +322,18 @@ class Helpers:
         lines = ["| seed | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
         for s in seeds:
             lines.append(f"| {s} | " + " | ".join(d.get(s, "–") for d in data) + " |")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _long_table(r: ResultSet, outputs: list[str]) -> str:
+        """One row per (config, seed): a column per sweep axis that varies in `r`, then the outputs."""
+        axes = [a for a in (r.records[0].point if r.records else {}) if len({repr(x.point[a]) for x in r.records}) > 1]
+        lines = ["| " + " | ".join([*axes, "seed", *outputs]) + " |", "|" + "---|" * len(axes) + "---:|" * (1 + len(outputs))]
+        for rec in sorted(r.records, key=lambda x: ([repr(x.point[a]) for a in axes], x.seed)):
+            one = r._new([rec])
+            cells = [value_label(rec.point[a]) for a in axes] + [str(rec.seed)]
+            cells += [num(one.scalar(n)[0]) if one.reached(n)[0] else "not reached" for n in outputs]
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     @staticmethod
