@@ -134,7 +134,7 @@ class ProgressBar(Progress):
             click.echo(f"{self.done} of {self.total} run(s) done" + (f"; {lines}" if lines else ""), err=True)
 
     def step(self, run, values: dict) -> None:
-        label = f"{run.experiment} [{run.label}] seed {run.seed}"
+        label = run.title
         now = time.monotonic()
         _, since, first = self.latest.get(label, (None, now, None))
         at = values.get("step", values.get("epoch"))
@@ -150,7 +150,7 @@ class ProgressBar(Progress):
 
     def finished(self, outcome) -> None:
         self.done += 1
-        self.latest.pop(f"{outcome.run.experiment} [{outcome.run.label}] seed {outcome.run.seed}", None)
+        self.latest.pop(outcome.run.title, None)
         if self.bar:
             self.bar.update(1)
 
@@ -199,7 +199,7 @@ def print_runs(report) -> None:
                    "and expost does not keep them; write to the folder os.environ['EXPOST_ARTIFACTS'] names "
                    "instead (kept with each run, listed in the manifest)", err=True)
     for o in report.flagged:
-        click.echo(f"flagged: {o.run.experiment} [{o.run.label}] seed {o.run.seed} produced NaN/inf in "
+        click.echo(f"flagged: {o.run.title} produced NaN/inf in "
                    f"{', '.join(o.nonfinite)}", err=True)
 
 
@@ -334,7 +334,7 @@ def log(ctx, experiment, seed, sel):
     for entry in ws.logs(experiment, sel, seed=seed):
         r = entry.run
         where = f" ({ws.layout.rel(entry.path)})" if entry.path else ""
-        click.echo(f"==> {r.experiment} [{r.label}] seed {r.seed}: {entry.status}{where}")
+        click.echo(f"==> {r.title}: {entry.status}{where}")
         if entry.text:
             click.echo(entry.text.rstrip("\n"))
         for rel, path in entry.artifacts.items():

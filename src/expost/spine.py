@@ -120,7 +120,7 @@ def render_to(ws: Layout, pp: PostPlan, sel: Selection, command: str, out: Path,
 
     lacking = missing(ws, pp)
     if lacking:
-        shown = "\n".join(f"  {r.experiment} [{r.label}] seed {r.seed}" for r in lacking[:20])
+        shown = "\n".join(f"  {r.title}" for r in lacking[:20])
         more = f"\n  ... and {len(lacking) - 20} more" if len(lacking) > 20 else ""
         raise MissingRunsError(f"post {pp.post.name}: {len(lacking)} run(s) are not in the cache:\n{shown}{more}\n"
                                f"Run them with `expost run {' '.join(pp.specs)}` or `expost build {pp.post.name}`.",

@@ -430,8 +430,10 @@ def _figure_doc(spec: Spec, kind: str) -> str:
     """The first line of `figure_KIND`'s docstring, read from the file (nothing imported)."""
     import ast
 
+    from expost.runs.spec import parse
+
     try:
-        tree = ast.parse(spec.path.read_text(encoding="utf-8"))
+        tree = parse(spec.path)  # parsed once per version of the file, as the spec loader does
     except (OSError, SyntaxError, ValueError):
         return ""
     for node in tree.body:

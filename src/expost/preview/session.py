@@ -95,17 +95,13 @@ class _Observer(Progress):
         self.state.changed(total=total, done=0, failed=0, running=[])
 
     def submitted(self, runs) -> None:
-        self.state.changed(running=self.state.progress["running"] + [_label(r) for r in runs])
+        self.state.changed(running=self.state.progress["running"] + [r.title for r in runs])
 
     def finished(self, outcome) -> None:
         p = self.state.progress
-        label = _label(outcome.run)
+        label = outcome.run.title
         self.state.changed(done=p["done"] + 1, failed=p["failed"] + (not outcome.ok),
                            running=[r for r in p["running"] if r != label])
-
-
-def _label(run) -> str:
-    return f"{run.experiment} [{run.label}] seed {run.seed}"
 
 
 def watched_files(root: Path) -> dict[str, tuple]:
@@ -285,5 +281,5 @@ def _failure(ws: Workspace, outcome) -> str:
     if frames:
         where = f"{ws.layout.rel(Path(frames[-1][0]))}:{frames[-1][1]}: "
     log = f" (log: {outcome.log})" if outcome.log else ""
-    return f"{where}{_label(outcome.run)} failed: {outcome.error}{log}"
+    return f"{where}{outcome.run.title} failed: {outcome.error}{log}"
 

@@ -43,6 +43,11 @@ class PlannedRun:
         return config_label(self.point_dict)
 
     @property
+    def title(self) -> str:
+        """The run as messages name it: `scurves [rank=1] seed 3`."""
+        return f"{self.experiment} [{self.label}] seed {self.seed}"
+
+    @property
     def slot(self) -> str:
         """Identity that survives edits: experiment, sweep point and seed (used by --explain)."""
         return f"{canonical(self.point_dict)}|{self.seed}"

@@ -149,7 +149,7 @@ class Outcome:
 
 def _fail_log(log: Path, run: PlannedRun, output: str, tb: str) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"# {run.experiment} [{run.label}] seed {run.seed}\n# config: {run.cfg}\n\n{output}\n{tb}")
+    log.write_text(f"# {run.title}\n# config: {run.cfg}\n\n{output}\n{tb}")
 
 
 def _store(cache: Cache, run: PlannedRun, returned, outputs: dict, wall: float, log: Path,
@@ -451,6 +451,7 @@ class FuturesPool:
         self._capacity = capacity
         self.futures: dict = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
+        self.progress: list = []  # generator runs report on local workers only: stays empty
 
     @property
     def capacity(self) -> int:
@@ -619,11 +620,10 @@ def execute(tasks: list, jobs: int, on_done: Callable[[Outcome], None] | None = 
                 continue
             for handle, result in pool.wait(LOCK_POLL_S if held_elsewhere else None):
                 finish(handle, result)
-            for handle, values in getattr(pool, "progress", ()):  # local workers only
+            for handle, values in pool.progress:
                 if on_progress and handle in out:
                     on_progress(out[handle].runs[0], values)
-            if getattr(pool, "progress", None):
-                pool.progress.clear()
+            pool.progress.clear()
     except BaseException:
         pool.kill()
         with contextlib.suppress(BaseException):  # what arrived before a Ctrl-C is cached too
