@@ -181,15 +181,23 @@ def test_publish_to_a_git_remote_pins_image_urls(post_ws, tmp_path):
     assert invoke("build", "tiny", "-q").exit_code == 0
     r = invoke("publish", "gist", "tiny", "--remote", str(remote))
     assert r.exit_code == 0, r.output
-    first = git("--git-dir", str(remote), "rev-parse", "HEAD")
+    head = git("--git-dir", str(remote), "rev-parse", "HEAD")
+    # two commits: the bundle, then its README with the figures linked by their pinned URLs
+    first = git("--git-dir", str(remote), "rev-parse", "HEAD~1")
+    assert git("--git-dir", str(remote), "rev-list", "--count", "HEAD") == "2"
     files = git("--git-dir", str(remote), "ls-tree", "--name-only", "HEAD").splitlines()
     assert "fig1-curves-loss-lr.png" in files and "README.md" in files
     md = (post_ws / "publish" / "tiny" / "post.md").read_text()
     images = [t.attrs["src"] for t in walk(parse(md)) if t.type == "image"]
-    assert images == [f"https://example.org/raw/{first}/fig1-curves-loss-lr.png",
-                      f"https://example.org/raw/{first}/fig2-seeds-loss.png"]
+    pinned = [f"https://example.org/raw/{first}/fig1-curves-loss-lr.png",
+              f"https://example.org/raw/{first}/fig2-seeds-loss.png"]
+    assert images == pinned
+    readme = git("--git-dir", str(remote), "show", "HEAD:README.md")  # what the gist shows is the bundle
+    assert [t.attrs["src"] for t in walk(parse(readme)) if t.type == "image"] == pinned
+    assert readme + "\n" == (post_ws / "publish" / "tiny" / "gist" / "README.md").read_text()
     record = json.loads((post_ws / "publish" / "published.json").read_text())["tiny"]
-    assert record["commit"] == first
+    assert record["commit"] == head
+    first_figures, first = first, head
     # publishing again changes nothing
     assert invoke("publish", "gist", "tiny", "--remote", str(remote)).exit_code == 0
     assert git("--git-dir", str(remote), "rev-parse", "HEAD") == first
@@ -197,10 +205,11 @@ def test_publish_to_a_git_remote_pins_image_urls(post_ws, tmp_path):
     t = post_ws / "templates" / "tiny.md.j2"
     t.write_text(t.read_text().replace('logy=True, caption="Loss by learning rate"', 'caption="Loss by learning rate"'))
     assert invoke("publish", "gist", "tiny", "--remote", str(remote)).exit_code == 0
-    second = git("--git-dir", str(remote), "rev-parse", "HEAD")
-    assert second != first
+    second = git("--git-dir", str(remote), "rev-parse", "HEAD~1")  # the new figure's commit
+    assert git("--git-dir", str(remote), "rev-parse", "HEAD~2") == first
     md = (post_ws / "publish" / "tiny" / "post.md").read_text()
     assert f"https://example.org/raw/{second}/fig1-curves-loss-lr.png" in md
+    assert f"https://example.org/raw/{first_figures}/fig2-seeds-loss.png" in md  # unchanged: its old URL
     assert invoke("build", "--check", "-q", "tiny").exit_code == 0
 
 
@@ -218,8 +227,10 @@ def test_publish_gist_through_the_cli(post_ws, fake_gist, monkeypatch, capfd):
     assert record["kind"] == "gist" and record["owner"] == OWNER
     md = (post_ws / "publish" / "tiny" / "post.md").read_text()
     images = [t.attrs["src"] for t in walk(parse(md)) if t.type == "image"]
-    assert images == [f"https://gist.githubusercontent.com/{OWNER}/{record['id']}/raw/{record['commit']}/{name}"
-                      for name in ("fig1-curves-loss-lr.png", "fig2-seeds-loss.png")]
+    assert images == [record["raw_urls"][name] for name in ("fig1-curves-loss-lr.png", "fig2-seeds-loss.png")]
+    assert all(url.startswith(f"https://gist.githubusercontent.com/{OWNER}/{record['id']}/raw/") for url in images)
+    readme = (post_ws / "publish" / "tiny" / "gist" / "README.md").read_text()
+    assert [t.attrs["src"] for t in walk(parse(readme)) if t.type == "image"] == images  # the gist shows them too
     again = invoke("publish", "gist", "tiny")
     assert again.exit_code == 0
     methods = [(q.method, q.path) for q in fake_gist.requests if q.method != "GET"]

@@ -403,6 +403,16 @@ class Workspace:
             return Published(built, record.get("dry_run", record), True)
         records.save_published(self.layout, pp.post.name, record)
         again = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
+        now = {n: f.sha256 for n, f in gist.read_bundle(bundle, for_gist=remote is None).items()}
+        if now != record.get("files"):
+            # the README now links the figures by their published URLs: publish that README too
+            # (unchanged figures keep their URLs, so this settles in one more round)
+            record = gist.publish(bundle, record=record, description=pp.post.title, token=token,
+                                  api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
+                                  raw_url_template=self.layout.settings.get("raw_url_template") if remote else None,
+                                  public=public)
+            records.save_published(self.layout, pp.post.name, record)
+            again = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
         rebuilt = PostResult(pp.post.name, again.status, built.out, again.warnings, errors=again.errors)
         return Published(rebuilt, record, False, record.get("html_url") or record.get("git_url") or remote)
 

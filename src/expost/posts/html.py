@@ -126,6 +126,8 @@ code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberat
 .codehilite pre { margin: 0; padding: 0.75rem 1rem; overflow-x: auto; line-height: 1.45; }
 table { border-collapse: collapse; margin: 1rem 0; display: block; overflow-x: auto; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--rule); padding: 0.3rem 0.7rem; }
+details.collapsible { margin: 1rem 0; border: 1px solid var(--rule); border-radius: 6px; padding: 0.4rem 1rem; }
+details.collapsible > summary { cursor: pointer; font-weight: 600; }
 th { background: #eef1f4; } tbody tr:nth-child(even) { background: var(--zebra); }
 math { font-family: "STIX Two Math", "Cambria Math", "Latin Modern Math", "DejaVu Math TeX Gyre", math; }
 .math.display { margin: 1rem 0; overflow-x: auto; overflow-y: hidden; text-align: center; }
@@ -250,6 +252,14 @@ class _Renderer(RendererHTML):
 
     def code_block(self, tokens, idx, options, env):
         return _highlight(tokens[idx].content, "")
+
+    def collapsible_open(self, tokens, idx, options, env):  # LessWrong's `+++ Title` section, folded
+        title = self.renderInline(tokens[idx + 1].children or [], options, env)
+        tokens[idx + 1].children = []  # the title is shown in <summary>, not again as text
+        return f'<details class="collapsible">\n<summary>{title}</summary>\n'
+
+    def collapsible_close(self, tokens, idx, options, env):
+        return "</details>\n"
 
     def heading_open(self, tokens, idx, options, env):
         text = self.renderInline(tokens[idx + 1].children or [], options, env)

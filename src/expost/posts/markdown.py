@@ -184,6 +184,46 @@ def _bracket_math(state, silent):
     return True
 
 
+# --- LessWrong's collapsible sections: `+++ Title` ... `+++` ------------------------------
+
+def _collapsible(state, start_line, end_line, silent):
+    """A block rule for `+++ Title` ... `+++` (three or more `+`; the closing run at least as long,
+    alone on its line; unclosed: to the end), which LessWrong shows as a section folded under its
+    title. Tokens: collapsible_open (info: the title), an inline title, collapsible_close."""
+    if state.sCount[start_line] - state.blkIndent >= 4:
+        return False
+    start, end = state.bMarks[start_line] + state.tShift[start_line], state.eMarks[start_line]
+    line = state.src[start:end]
+    marker = len(line) - len(line.lstrip("+"))
+    title = line[marker:].strip()
+    if marker < 3 or not title or title.endswith("+" * marker) or not line[marker:marker + 1].isspace():
+        return False
+    if silent:
+        return True
+    close = start_line + 1
+    while close < end_line:
+        first = state.bMarks[close] + state.tShift[close]
+        text = state.src[first:state.eMarks[close]]
+        if state.sCount[close] < state.blkIndent and text:
+            break
+        if state.sCount[close] - state.blkIndent < 4 and text.startswith("+" * marker) and not text.strip("+").strip():
+            break
+        close += 1
+    closed = close < end_line and state.src[state.bMarks[close] + state.tShift[close]:state.eMarks[close]].startswith("+")
+    token = state.push("collapsible_open", "details", 1)
+    token.block, token.markup, token.info, token.map = True, "+" * marker, title, [start_line, close + closed]
+    token = state.push("inline", "", 0)
+    token.content, token.map, token.children = title, [start_line, start_line + 1], []
+    old_parent, old_max = state.parentType, state.lineMax
+    state.parentType, state.lineMax = "reference", close
+    state.md.block.tokenize(state, start_line + 1, close)
+    state.parentType, state.lineMax = old_parent, old_max
+    token = state.push("collapsible_close", "details", -1)
+    token.block, token.markup = True, "+" * marker
+    state.line = close + closed
+    return True
+
+
 # --- where the parser met what: rules that note their findings -----------------------------
 
 def _noting(rule, kind):
@@ -256,6 +296,8 @@ def _parser(lenient: bool) -> MarkdownIt:
     md = MarkdownIt("js-default").use(footnote_plugin).use(sub_plugin).use(superscript_plugin)
     md.inline.ruler.before("escape", "lw_bracket_math", _bracket_math)
     md.inline.ruler.push("lw_tex_math", _tex_math_rule(lenient))
+    md.block.ruler.before("fence", "lw_collapsible", _collapsible, {"alt": ["paragraph", "reference", "blockquote",
+                                                                          "list"]})
     for name, kind in (("backticks", "code"), ("image", "image"), ("footnote_inline", "note")):
         rule = next(r.fn for r in md.inline.ruler.__rules__ if r.name == name)
         md.inline.ruler.at(name, _noting(rule, kind))
@@ -360,23 +402,97 @@ def normalise(md: str, *, name: str = "post.md") -> Normalised:
     LessWrong would break are mended. Warns (naming `name` and the line) where a `$$` is left over.
     """
     text, origin = _mend_display_maths(md.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _mend_table_maths(text)
     line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
     edits: dict[tuple[int, int], str] = {}
     warnings = []
+
+    def warn(offset: int, problem: str) -> None:
+        warnings.append(f"{name} line {origin[bisect_right(line_starts, offset) - 1]}: {problem}")
+
     urls = [m.span() for m in re.finditer(r"(?:https?://|www\.)[^\s<>]*", text)]
-    for r in _parse(text, lenient=True).found:
-        if r.kind == "dollar" and not any(a <= r.start < b for a, b in urls):
+    found = _parse(text, lenient=True).found
+    dollars = {r.start for r in found if r.kind == "dollar"}
+    for r in found:
+        if r.kind == "dollar" and r.start in dollars and (end := _escaped_dollar_maths(text, r.start, dollars)):
+            # `$\$5 + x$`: LessWrong rejects maths holding `\$`; its `\\( ... \\)` form takes it
+            edits[r.start, end] = "\\\\(" + text[r.start + 1:end - 1] + "\\\\)"
+            dollars.discard(end - 1)
+        elif r.kind == "math" and not r.info[0] and _money(text, r.start, r.end):
+            edits[r.start, r.start] = edits[r.end - 1, r.end - 1] = "\\"
+            warn(r.start, f"{text[r.start:r.end]!r} would be typeset as maths on LessWrong, but reads as prose "
+                          f"with dollar signs; escaped as \\$ (write \\$ for a dollar sign, $...$ only for maths)")
+        elif r.kind == "math":
+            body = r.start + 1 + r.info[0], r.end - 1 - r.info[0]
+            inner = text[body[0]:body[1]]
+            if r.info[1]:  # `$ x $`
+                inner = inner.strip(" \t")
+            fixed = re.sub(r"(?<!\\)((?:\\\\)*)%", r"\1\\%", inner)  # `%` starts a TeX comment: `\%` is the sign
+            if r.info[1] or fixed != inner:
+                edits[r.start, r.end] = text[r.start:body[0]] + fixed + text[body[1]:r.end]
+    for r in found:
+        if r.kind == "dollar" and r.start in dollars and not any(a <= r.start < b for a, b in urls) \
+                and not any(a <= r.start < b for a, b in edits if b > a):
             edits[r.start, r.start] = "\\"
             around = text[r.start - 1:r.start] + text[r.start + 2:r.start + 3]
             if text[r.start:r.start + 2] == "$$" and "$" not in around:  # `$$`, not `$$$`
-                line = origin[bisect_right(line_starts, r.start) - 1]
-                warnings.append(f"{name} line {line}: `$$` does not open or close display maths on "
-                                f"LessWrong (an unclosed block?), so it is escaped as \\$\\$")
-        elif r.kind == "math" and r.info[1]:  # `$ x $`
-            edits[r.start, r.end] = "$" + text[r.start + 1:r.end - 1].strip(" \t") + "$"
+                warn(r.start, "`$$` does not open or close display maths on LessWrong (an unclosed block?), "
+                              "so it is escaped as \\$\\$")
     for (start, end), new in sorted(edits.items(), reverse=True):  # within lines: `origin` holds
         text = text[:start] + new + text[end:]
     return Normalised(text, origin, list(dict.fromkeys(warnings)))
+
+
+def _escaped_dollar_maths(text: str, pos: int, dollars: set[int]) -> int | None:
+    """End of `$ ... \\$ ... $` opening at a `$` LessWrong rejected (pos), when it is maths that
+    holds an escaped dollar: LessWrong's rule ends maths at the first `$` and refuses one after a
+    backslash, so the whole span is text there. None when it is no such span."""
+    if text[pos + 1:pos + 2] in ("", " ", "\t", "\n", "$") or text[pos - 1:pos] == "$":
+        return None
+    escaped, j = False, pos + 1
+    while j < len(text):
+        if text.startswith("\\$", j):
+            escaped, j = True, j + 2
+            continue
+        if text[j] == "`" or text.startswith("\n\n", j):
+            return None
+        if text[j] == "$":
+            ok = j in dollars and text[j - 1] not in _SPACE and text[j + 1:j + 2] not in _DIGITS + ("$",)
+            return j + 1 if ok and escaped else None
+        j += 1
+    return None
+
+
+def _money(text: str, start: int, end: int) -> bool:
+    """Is the maths span text[start:end] (`$20, or 20$`) prose with dollar signs? Only when it
+    looks like nothing but prose: words, no TeX, opening at a number or right after a word."""
+    inner = text[start + 1:end - 1]
+    return bool(_PROSE.search(inner)) and not re.search(r"[\\^_{}=]", inner) \
+        and (inner[:1].isdigit() or text[start - 1:start].isalnum())
+
+
+def _mend_table_maths(text: str) -> str:
+    """`$|x|$` in a table row: the row is split into cells at every `|` before any maths is read,
+    so inside maths there each `|` becomes `\\vert` (the same symbol in TeX)."""
+    parsed = parse(text)
+    rows = {i for tok in parsed.tokens if tok.type == "table_open" and tok.map for i in range(*tok.map)}
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if i in parsed.code_lines or not (i in rows or line.lstrip(" ").startswith("|")):
+            continue
+        out, pos = [], 0
+        while (at := line.find("$", pos)) >= 0:
+            hit = None if line[at - 1:at] == "\\" or line[:at].count("`") % 2 else _tex_math(line, at)
+            if hit is None or hit[1] or "|" not in line[at:hit[0]]:
+                out.append(line[pos:at + 1])
+                pos = at + 1
+                continue
+            inner = re.sub(r"(?<!\\)\|(?=([A-Za-z]?))", lambda m: "\\vert" + (" " if m.group(1) else ""),
+                           line[at + 1:hit[0] - 1])
+            out.append(line[pos:at] + "$" + inner + "$")
+            pos = hit[0]
+        lines[i] = "".join(out) + line[pos:]
+    return "\n".join(lines)
 
 
 _INTERRUPTS = re.compile(r"#{1,6}(?:[ \t]|$)|>|`{3}|~{3}|[-+*](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$)"

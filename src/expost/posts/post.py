@@ -29,7 +29,8 @@ SUFFIX = ".md.j2"
 LAYOUT = f"layout{SUFFIX}"  # wraps every post; a workspace's own overrides the package's
 PACKAGE_LAYOUTS = Path(__file__).parent.parent / "layouts"  # the package's templates (searched after templates/)
 REQUIRED = ("title", "summary", "experiments")
-OPTIONAL = ("tags", "seeds", "profile")
+OPTIONAL = ("tags", "seeds", "profile", "fold")
+FOLDABLE = ("tables", "reproducibility")  # fold: [...] puts these in LessWrong's `+++` collapsible sections
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -44,6 +45,7 @@ class Post:
     seeds: int | None = None
     body_offset: int = 0  # lines taken by the front matter (kept blank so Jinja line numbers match)
     profile: str | None = None  # front matter profile: every experiment of the post runs under it
+    fold: tuple[str, ...] = ()  # front matter fold: what goes into collapsible sections (FOLDABLE)
 
 
 @dataclass
@@ -152,8 +154,14 @@ def load_post(path: Path) -> Post:
     if profile is not None and (not isinstance(profile, str) or not profile.isidentifier()):
         raise TemplateError(f"{path.name}: front matter profile: {profile!r} is not a profile name; write "
                             "profile: cpu (a name in each experiment's PROFILES), or remove the line")
+    fold = meta.get("fold", [])
+    fold = [fold] if isinstance(fold, str) else fold
+    if not isinstance(fold, list) or any(f not in FOLDABLE for f in fold):
+        raise TemplateError(f"{path.name}: front matter fold: {meta.get('fold')!r}; write fold: [tables, "
+                            "reproducibility] (either or both: long seed tables and the reproducibility section "
+                            "go into collapsible sections), or remove the line")
     return Post(name, path, str(meta["title"]), str(meta["summary"]), exps,
-                [str(t) for t in (tags if isinstance(tags, list) else [tags])], seeds, offset, profile)
+                [str(t) for t in (tags if isinstance(tags, list) else [tags])], seeds, offset, profile, tuple(fold))
 
 
 def find_posts(templates_dir: Path, names=()) -> list[Post]:

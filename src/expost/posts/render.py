@@ -35,6 +35,7 @@ from expost.runs.results import Record, ResultSet
 from expost.runs.spec import Spec
 from expost.runs.stats import compare as paired_compare
 
+FOLD_ROWS = 8  # with fold: [tables], seed tables of more rows go into a collapsible section
 FIGURE_PREFIX = "figure_"  # def figure_NAME(ax, r) in an experiment: figure(r, "NAME") in a template
 RENDER_SECONDS = 60  # a template that loops longer than this is stopped (expost.toml: render_timeout)
 MAX_TEXT = 5_000_000  # characters: one value or the whole post; beyond this a template is refused
@@ -139,6 +140,7 @@ class Helpers:
         self.count = 0
         self.jobs: list = []  # figures are drawn after the template, several at once
         self.to_store: list[tuple[str, Path]] = []  # (key, path) of drawn figures, for the figure cache
+        self.stated: set[str] = set()  # what stat() returned: words and a `%`, never maths
 
     def _key(self, function, path: Path, args: tuple, kwargs: dict | None = None) -> str | None:
         return self.i.figure_cache.key(function, args, kwargs or {}, path) if self.i.figure_cache else None
@@ -205,7 +207,7 @@ class Helpers:
     def globals(self) -> dict:
         return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
                 "claim": self.claim, "verdict": self.verdict, "caveat": self.caveat, "compare": self.compare,
-                "seed_table": self.seed_table, "post": self.i.post, "num": num}
+                "seed_table": self.seed_table, "collapsible": self.collapsible, "post": self.i.post, "num": num}
 
     def _spec(self, experiment: str) -> Spec:
         if experiment not in self.i.specs:
@@ -220,6 +222,24 @@ class Helpers:
 
     def stat(self, r: ResultSet, name: str, unit: str = "", kind: str = "median") -> str:
         """A statistic for prose: 'median 340 steps (95% CI 310–372, n=10)' or 'mean 0.52 ± 0.04 ...'."""
+        said = self._stat(r, name, unit, kind)
+        self.stated.add(said)
+        return said
+
+    def check_maths(self, text: str) -> None:
+        """stat()'s sentence inside `$...$` is an error: its words and `%` (a TeX comment, which
+        drops the rest of the formula on LessWrong) are no maths; num() gives a bare number."""
+        from expost.posts.markdown import find_maths
+
+        for m in find_maths(text) if self.stated else ():
+            said = next((s for s in self.stated if s in m.latex), None)
+            if said:
+                shown = text[m.start:m.end]
+                raise TemplateError(f"stat() inside maths {shown[:80]!r}: it gives prose ({said!r}), whose words "
+                                    "and % break the formula on LessWrong; inside $...$ use a bare number, "
+                                    "e.g. {{ r.stats(\"NAME\").median | num }}, and put stat() in the prose")
+
+    def _stat(self, r: ResultSet, name: str, unit: str, kind: str) -> str:
         s = r.stats(name)
         u = f" {unit}" if unit else ""
         n = f"n={s.n}" + (f"; {caveats.not_reached(s)}" if s.n_unreached else "")  # seeds without a value
@@ -301,16 +321,36 @@ class Helpers:
             paired = paired_compare(a.scalar(name), b.scalar(name))
         return caveats.difference(name, label_a, sa, label_b, sb, paired, unit)
 
-    def seed_table(self, r: ResultSet, outputs, by: str | None = None, layout: str = "wide") -> str:
+    def collapsible(self, title: str, text: str | None = None, caller=None) -> str:
+        """LessWrong's collapsible section (`+++ title` ... `+++`), folded under its title:
+        collapsible("Title", text), or {% call collapsible("Title") %}...{% endcall %}."""
+        body = caller() if caller is not None else text
+        title = " ".join(str(title).split())
+        if not title or body is None:
+            raise TemplateError("collapsible(title, text): give a title and the text (or use it as "
+                                "{% call collapsible(\"Title\") %}...{% endcall %})")
+        return f"+++ {title}\n{str(body).strip()}\n+++"
+
+    def seed_table(self, r: ResultSet, outputs, by: str | None = None, layout: str = "wide",
+                   fold: bool | None = None) -> str:
         """A markdown table: one row per seed, one column per output (and per group with `by`);
         layout="long" instead gives one row per (config, seed), with a column for each sweep axis
-        that varies in `r`: readable for wide sweeps, whose wide table would have many columns."""
+        that varies in `r`: readable for wide sweeps, whose wide table would have many columns.
+        fold=True puts it in a collapsible section; by default tables of more than FOLD_ROWS rows
+        are folded when the front matter says fold: [tables]."""
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if layout not in ("wide", "long"):
             raise TemplateError(f"seed_table(layout={layout!r}): use layout=\"wide\" (a row per seed) or "
                                 "layout=\"long\" (a row per config and seed)")
-        if layout == "long":
-            return self._long_table(r, outputs)
+        table = self._long_table(r, outputs) if layout == "long" else self._wide_table(r, outputs, by)
+        rows = table.count("\n") - 1
+        if fold is None:
+            fold = "tables" in self.i.post.fold and rows > FOLD_ROWS
+        if not fold:
+            return table
+        return self.collapsible(f"Per-seed table: {', '.join(outputs)} ({rows} rows)", table)
+
+    def _wide_table(self, r: ResultSet, outputs: list[str], by: str | None) -> str:
         groups = r.group_by(by) if by else {None: r}
         cols, data = [], []
         for value, g in groups.items():
@@ -569,6 +609,7 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path, timeout: float = 
             hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)"
         text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
         raise TemplateError(f"{loc}: {text}{hint}") from None
+    helpers.check_maths(text)
     helpers.draw_all()
     header = f"# {post.title}\n\n*{post.summary}*\n\n"
     body = text.strip() + "\n"

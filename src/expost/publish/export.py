@@ -169,7 +169,7 @@ def _add(files: dict, name: str, origin: str) -> None:
 def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, command: str, stage: Path,
            image_url, device: str = "cpu", git: dict | None = None) -> Exported:
     """Write gist/, manifest.json and the forum post.md into the staged post folder."""
-    from expost.publish.forum import to_forum_markdown
+    from expost.publish.forum import as_details, to_forum_markdown
 
     out = Exported()
     gist = stage / "gist"
@@ -178,7 +178,10 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
     relative_md = (stage / "post.md").read_text(encoding="utf-8")
 
     _add(names, "README.md", "the post")
-    readme = IMAGE_LINK.sub(r"\1\2\3", relative_md).rstrip("\n") + "\n\n" + _run_it(specs, pp.plans)
+    # The forum's text (its repairs, checks and published figure URLs); a figure not published yet
+    # is linked by its name in the flat gist; GitHub shows `+++` sections as <details>.
+    readme, _ = to_forum_markdown(relative_md, image_url, name="README.md", unpublished=lambda src: Path(src).name)
+    readme = as_details(readme).rstrip("\n") + "\n\n" + _run_it(specs, pp.plans)
     (gist / "README.md").write_text(readme, encoding="utf-8")
     copied: set[Path] = set()  # experiments may share a helper module
     for name, spec in specs.items():

@@ -11,6 +11,7 @@ nothing more.
 
 from __future__ import annotations
 
+import html
 import re
 from bisect import bisect_right
 from typing import Callable
@@ -22,12 +23,14 @@ from expost.errors import PublishError
 from expost.posts.markdown import Parsed, Span, normalise, parse
 
 
-def to_forum_markdown(md: str, image_url: Callable[[str], str | None], *,
-                      name: str = "post.md") -> tuple[str, list[str]]:
+def to_forum_markdown(md: str, image_url: Callable[[str], str | None], *, name: str = "post.md",
+                      unpublished: Callable[[str], str] | None = None) -> tuple[str, list[str]]:
     """(markdown for LessWrong's markdown editor, warnings) for a rendered post's markdown.
 
     `image_url(relative_src)` gives the absolute URL for a relative image link, or None to keep
-    it relative (with a warning). Raises PublishError on leftover template syntax or a local path.
+    it relative (with a warning), or to link `unpublished(relative_src)` when that is given (the
+    gist's README: the figure's own file in the gist). Raises PublishError on leftover template
+    syntax or a local path.
     """
     crlf = "\r\n" in md and "\n" not in md.replace("\r\n", "")
     fixed = normalise(md, name=name)
@@ -46,12 +49,26 @@ def to_forum_markdown(md: str, image_url: Callable[[str], str | None], *,
         if r.kind in ("image", "image_ref"):
             if r.kind == "image_ref":
                 r = _reference_destination(text, r.info, parsed.references.get(r.info), line_starts, r)
-            url = _image_link(r.info, line_of(r.start), name, image_url, warnings) if r.info else None
+            url = _image_link(r.info, line_of(r.start), name, image_url, warnings, unpublished) if r.info else None
             if url is not None:
                 edits[r.start, r.end] = url
     for (start, end), new in sorted(edits.items(), reverse=True):
         text = text[:start] + new + text[end:]
     return (text.replace("\n", "\r\n") if crlf else text), list(dict.fromkeys(warnings))
+
+
+def as_details(md: str) -> str:
+    """LessWrong's collapsible sections (`+++ Title` ... `+++`) as the <details> blocks that GitHub's
+    markdown folds the same way; everything else unchanged."""
+    lines = md.split("\n")
+    for tok in reversed(parse(md).tokens):
+        if tok.type != "collapsible_open" or not tok.map:
+            continue
+        first, end = tok.map
+        if end - 1 > first and lines[end - 1].strip().startswith("+++"):
+            lines[end - 1] = "\n</details>"
+        lines[first] = f"<details><summary>{html.escape(tok.info)}</summary>\n"
+    return "\n".join(lines)
 
 
 # --- refusals and warnings --------------------------------------------------------------------
@@ -100,7 +117,7 @@ def _refuse_local_paths(text, line_of, name) -> None:
                            f"to the post folder, or an http(s) URL")
 
 
-def _image_link(src: str, line: int, name, image_url, warnings) -> str | None:
+def _image_link(src: str, line: int, name, image_url, warnings, unpublished=None) -> str | None:
     """The replacement for an image destination, or None to leave it as it is."""
     if re.match(r"(?i)(?:https?:)?//", src) or src.startswith("data:"):
         return None
@@ -110,6 +127,8 @@ def _image_link(src: str, line: int, name, image_url, warnings) -> str | None:
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", src):
         return None  # some other scheme: the forum decides
     url = image_url(src)
+    if url is None and unpublished is not None:
+        return unpublished(src)
     if url is None:
         warnings.append(f"{src} is still a relative link: set image_base_url in expost.toml "
                         f"or publish the gist first")

@@ -173,7 +173,8 @@ def _publish_remote(remote, files, record, message, template, dry_run) -> dict:
         "owner": None,
         "branch": branch,
         "commit": commit,
-        "raw_urls": _raw_urls(template, files, {**fields, "commit": commit}),
+        "raw_urls": _kept(record if record and record.get("git_url") == recorded else None, files,
+                          _raw_urls(template, files, {**fields, "commit": commit})),
         "files": {n: f.sha256 for n, f in files.items()},
     }
 
@@ -231,10 +232,20 @@ def _publish_gist(files, prev, message, description, public, token, api_url, tem
         "commit": commit,
         "public": gist["public"],
         "description": description,
-        "raw_urls": _raw_urls(template, files, fields),
+        "raw_urls": _kept(prev, files, _raw_urls(template, files, fields)),
         "files": {n: f.sha256 for n, f in files.items()},
         "text_files": sorted(text),
     }
+
+
+def _kept(prev: dict | None, files: dict, urls: dict[str, str]) -> dict[str, str]:
+    """The raw URLs to record: a file unchanged since the last publish keeps its URL (pinned to
+    the older commit, which still holds those bytes), so the README and post.md that link it do
+    not change, and publishing again settles instead of making a new commit each time."""
+    old_urls = (prev or {}).get("raw_urls") if isinstance((prev or {}).get("raw_urls"), dict) else {}
+    old_files = (prev or {}).get("files") if isinstance((prev or {}).get("files"), dict) else {}
+    return {n: old_urls[n] if isinstance(old_urls.get(n), str) and old_files.get(n) == files[n].sha256
+            and old_urls[n].startswith(("https://", "http://")) else url for n, url in urls.items()}
 
 
 def _raw_urls(template: str, names, fields: dict) -> dict[str, str]:
