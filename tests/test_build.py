@@ -49,7 +49,7 @@ def test_build_twice_is_byte_identical_and_complete(post_ws):
     assert md.startswith("*")  # the summary: the title is LessWrong's own field, pasted from title.txt
     assert first["title.txt"].decode() == "Tiny $x^2$ post\n"
     assert "## Seed variance and reproducibility" in md
-    assert "The loss ends below its start. (lr=0.05) **holds in all 5 seeds.**" in md
+    assert "The loss ends below its start. (lr = 0.05) **holds in all 5 seeds.**" in md
     assert "`expost build tiny`" in md
     assert "Only 5 seeds" not in md  # 5 seeds is the threshold, not below it
     assert invoke("build", "-q").output.strip() == "tiny: up to date"

@@ -142,9 +142,9 @@ def test_fold_front_matter_folds_long_tables_and_the_reproducibility_section(tin
     md = (tiny_ws / "publish" / "tiny" / "post.md").read_text()
     sections = [t.info for t in parse(md).tokens if t.type == "collapsible_open"]
     # the 5-row wide table stays open; the 10-row long one folds; the repro list folds
-    assert sections == ["Per-seed table: final (10 rows)", "Why a tiny fit",
+    assert sections == ["Per-seed table: last loss (10 rows)", "Why a tiny fit",
                         "Every claim's verdict over the seeds, and how to rebuild this post"]
-    assert "| seed | final (lr=0.05) | final (lr=0.1) |" in md.split("+++ Per-seed table")[0]
+    assert "| seed | last loss (lr = 0.05) | last loss (lr = 0.1) |" in md.split("+++ Per-seed table")[0]
     html = (tiny_ws / "publish" / "tiny" / "post.html").read_text()
     assert html.count('<details class="collapsible">') == 3
     readme = (tiny_ws / "publish" / "tiny" / "gist" / "README.md").read_text()

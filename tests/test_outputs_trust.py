@@ -165,7 +165,7 @@ def test_an_optional_output_not_reached_is_not_reached_never_diverged(tmp_path, 
     assert build.exit_code == 0, build.output
     text = (root / "publish" / "p" / "post.md").read_text()
     assert "median 3 (95% CI 3–3, n=3; not reached within the run in 2 of 5 seeds)" in text, text
-    assert "first was not reached within the run in 2 of 5 seeds" in text, text
+    assert "First step where the value is below 0.3 was not reached within the run in 2 of 5 seeds" in text, text
     assert "| 2 | not reached |" in text, text
     assert "diverged" not in text and "NaN" not in text and "nan" not in text, text
 
@@ -182,7 +182,7 @@ def test_optional_none_and_nan_are_told_apart(tmp_path, monkeypatch):
     s = rs.stats("first")
     assert (s.n, s.n_nonfinite, s.n_unreached, s.median) == (2, 1, 2, 3.0)
     said = " ".join(caveats.quantity(s, "first"))
-    assert "first was not reached within the run in 2 of 5 seeds" in said, said
+    assert "First was not reached within the run in 2 of 5 seeds" in said, said
     assert "1 of 5 runs diverged (NaN/inf in first)" in said, said
 
 

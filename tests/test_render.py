@@ -155,7 +155,7 @@ def test_figure_overlays_several_series_outputs(post_ws):
     (post_ws / "templates" / "both.md.j2").write_text(f"---{head}---\n{body}")
     rendered, out = render_post(post_ws, "both")
     assert len(rendered.figures) == 2 and all((out / f).stat().st_size > 0 for f in rendered.figures)
-    assert "curves of curve+other" in rendered.markdown
+    assert "curves of value at each step, another curve" in rendered.markdown  # the outputs' labels
     for bad, fragment in (("['curve', 'final']", "is a scalar, not a series"),
                           ("['curve']", None)):
         (post_ws / "templates" / "bad.md.j2").write_text(
@@ -191,7 +191,7 @@ def test_seed_table_long_layout_has_a_row_per_config_and_seed(post_ws):
     (post_ws / "templates" / "long.md.j2").write_text(f"---{head}---\n{body}")
     rendered, _ = render_post(post_ws, "long")
     rows = [line for line in rendered.markdown.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| rate | seed | final |"
+    assert rows[0] == "| rate | seed | value after the last step |"  # labels: the description's first clause
     assert len(rows) == 1 + 2 * 10  # two rates x ten seeds
     assert rows[1].startswith("| 0.5 | 1 | ") and rows[-1].startswith("| 1 | 10 | ")
     (post_ws / "templates" / "bad.md.j2").write_text(f"---{head}---\n" + "{{ seed_table(results('toy'), 'final', "

@@ -133,7 +133,8 @@ class StaticSpecs:
     decides it, so a no-op build parses and hashes no source (a file git's rules cannot vouch for
     is read again)."""
 
-    VERSION = 6  # 5: spec fields may be Python over constants (runs/spec_eval.py); 6: PROFILES
+    VERSION = 7  # 5: spec fields may be Python over constants (runs/spec_eval.py); 6: PROFILES; 7: PROFILES
+    # kept in the record (6 lost them whenever the remembered spec was used), LABELS
 
     def __init__(self, ws: Layout):
         self.path = ws.cache.specs_store

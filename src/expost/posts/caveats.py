@@ -109,10 +109,19 @@ def difference(name: str, label_a: str, sa: Summary, label_b: str, sb: Summary,
         extra = f"; paired by seed, higher in {round(frac * paired.n)} of {paired.n} seeds"
     why = "95% intervals do not overlap" if apart else \
         "the intervals overlap, but the 95% CI of the paired difference excludes 0"
-    return (f"{name} is higher for {higher} than for {lower} (medians {num(max(sa.median, sb.median))} vs "
-            f"{num(min(sa.median, sb.median))}{u}; {why}{extra}).")
+    return sentence(f"{name} is higher for {higher} than for {lower} (medians {num(max(sa.median, sb.median))} vs "
+                    f"{num(min(sa.median, sb.median))}{u}; {why}{extra}).")
 
 
 def quantity(s: Summary, name: str, unit: str = "") -> list[str]:
     """Every caveat that applies to one quantity."""
-    return [c for c in (few_seeds(s), unreached(s, name), diverged(s, name), spread(s, name, unit)) if c]
+    return [sentence(c) for c in (few_seeds(s), unreached(s, name), diverged(s, name), spread(s, name, unit)) if c]
+
+
+def sentence(text: str) -> str:
+    """A generated sentence that starts with a label ('final loss varies ...') starts with a capital;
+    a label that is a symbol or a name in code ('σ1/σ2', 'lr') is left as it is."""
+    first = text.split(" ", 1)[0]
+    if first.isascii() and first.isalpha() and first.islower() and len(first) > 2:
+        return text[0].upper() + text[1:]
+    return text

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from expost.errors import ExpostError
-from expost.fmt import num
+from expost.fmt import nums
 
 # Okabe-Ito, colour-blind safe; yellow last because it is faint on white.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -352,7 +352,7 @@ def scalar_by_condition(path, conditions, *, ylabel="", xlabel="", logy=False, l
             if len(pos) <= 12:
                 from matplotlib.ticker import NullFormatter
 
-                ax.set_xticks(pos, labels=[num(p) for p in pos])
+                ax.set_xticks(pos, labels=nums(list(pos)))  # one format along the axis: 1e-2, 1e-3, 1e-4
                 ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_xticks(pos, labels=[str(lb) for lb in labels])

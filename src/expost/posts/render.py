@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath, PureWindowsPath
 from types import FunctionType, ModuleType
 from typing import Callable
@@ -25,11 +25,11 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from expost.posts import caveats
-from expost.runs.claims import ClaimText, Verdict, claim_texts, value_label
+from expost.runs.claims import ClaimText, Verdict, claim_texts
 from expost.posts.codeembed import extract
 from expost.posts.figcache import FigureCache
 from expost.errors import ExpostError, TemplateError
-from expost.fmt import num
+from expost.fmt import num, nums
 from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS, SUFFIX, Post, split_front_matter
 from expost.runs.results import Record, ResultSet
 from expost.runs.spec import Spec
@@ -295,6 +295,7 @@ class Helpers:
         shown, vs = self._verdicts(experiment, which)
         text = vs[0].claim if vs else shown.text
         quantitative = bool(vs) and shown.quantitative
+        vs = [_group_shown(self.i.specs[experiment], v) for v in vs]
         said = "; ".join(caveats.claim_sentence(v) + (f" ({v.numbers})" if quantitative and v.numbers else "")
                          for v in vs)
         return f"**Claim:** {text} — *{said}.*"
@@ -306,11 +307,13 @@ class Helpers:
 
     def caveat(self, r: ResultSet, name: str, unit: str = "", by: str | None = None) -> str:
         """The seed-variance caveats that apply to a quantity (empty when none do)."""
+        spec = self._spec(r.experiment)
         groups = r.group_by(by) if by else {None: r}
+        shown = _values_shown(spec, by, list(groups))
         out = []
         for value, g in groups.items():
-            for sentence in caveats.quantity(g.stats(name), name, unit):
-                out.append(f"{sentence[:-1]} ({by}={value_label(value)})." if by else sentence)
+            for sentence in caveats.quantity(g.stats(name), spec.label_of(name), unit or spec.unit_of(name)):
+                out.append(f"{sentence[:-1]} ({shown[value]})." if by else sentence)
         return " ".join(out)
 
     def compare(self, a: ResultSet, b: ResultSet, name: str, label_a: str, label_b: str, unit: str = "") -> str:
@@ -319,7 +322,8 @@ class Helpers:
         paired = None
         if a.seeds == b.seeds:
             paired = paired_compare(a.scalar(name), b.scalar(name))
-        return caveats.difference(name, label_a, sa, label_b, sb, paired, unit)
+        spec = self._spec(a.experiment)
+        return caveats.difference(spec.label_of(name), label_a, sa, label_b, sb, paired, unit or spec.unit_of(name))
 
     def collapsible(self, title: str, text: str | None = None, caller=None) -> str:
         """LessWrong's collapsible section (`+++ title` ... `+++`), folded under its title:
@@ -348,15 +352,18 @@ class Helpers:
             fold = "tables" in self.i.post.fold and rows > FOLD_ROWS
         if not fold:
             return table
-        return self.collapsible(f"Per-seed table: {', '.join(outputs)} ({rows} rows)", table)
+        spec = self._spec(r.experiment)
+        return self.collapsible(f"Per-seed table: {', '.join(map(spec.label_of, outputs))} ({rows} rows)", table)
 
     def _wide_table(self, r: ResultSet, outputs: list[str], by: str | None) -> str:
+        spec = self._spec(r.experiment)
         groups = r.group_by(by) if by else {None: r}
+        group_shown = _values_shown(spec, by, list(groups))
         cols, data = [], []
         for value, g in groups.items():
             for name in outputs:
-                cols.append(f"{name} ({by}={value_label(value)})" if by else name)
-                shown = [num(x) if ok else "not reached" for x, ok in zip(g.scalar(name), g.reached(name))]
+                cols.append(f"{spec.axis_label(name)} ({group_shown[value]})" if by else spec.axis_label(name))
+                shown = _column(g.scalar(name), g.reached(name))
                 data.append(dict(zip(g.seeds, shown)))
         seeds = sorted({s for d in data for s in d})
         lines = ["| seed | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
@@ -364,16 +371,20 @@ class Helpers:
             lines.append(f"| {s} | " + " | ".join(d.get(s, "–") for d in data) + " |")
         return "\n".join(lines)
 
-    @staticmethod
-    def _long_table(r: ResultSet, outputs: list[str]) -> str:
+    def _long_table(self, r: ResultSet, outputs: list[str]) -> str:
         """One row per (config, seed): a column per sweep axis that varies in `r`, then the outputs."""
+        spec = self._spec(r.experiment)
         axes = [a for a in (r.records[0].point if r.records else {}) if len({repr(x.point[a]) for x in r.records}) > 1]
-        lines = ["| " + " | ".join([*axes, "seed", *outputs]) + " |", "|" + "---|" * len(axes) + "---:|" * (1 + len(outputs))]
-        for rec in sorted(r.records, key=lambda x: ([repr(x.point[a]) for a in axes], x.seed)):
-            one = r._new([rec])
-            cells = [value_label(rec.point[a]) for a in axes] + [str(rec.seed)]
-            cells += [num(one.scalar(n)[0]) if one.reached(n)[0] else "not reached" for n in outputs]
-            lines.append("| " + " | ".join(cells) + " |")
+        records = sorted(r.records, key=lambda x: ([repr(x.point[a]) for a in axes], x.seed))
+        columns = [_values_shown(spec, None, [rec.point[a] for rec in records], bare=True) for a in axes]
+        columns = [[shown[rec.point[a]] for rec in records] for a, shown in zip(axes, columns)]
+        columns.append([str(rec.seed) for rec in records])
+        for n in outputs:
+            ones = [r._new([rec]) for rec in records]
+            columns.append(_column([one.scalar(n)[0] for one in ones], [one.reached(n)[0] for one in ones]))
+        header = [spec.label_of(a) for a in axes] + ["seed"] + [spec.axis_label(n) for n in outputs]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(axes) + "---:|" * (1 + len(outputs))]
+        lines += ["| " + " | ".join(row) + " |" for row in zip(*columns)]
         return "\n".join(lines)
 
     @staticmethod
@@ -417,19 +428,23 @@ class Helpers:
         path = self.figures_dir.parent / rel
         spec = self._spec(r.experiment)
         groups = r.group_by(by) if by else {None: r}
-        label = lambda v: f"{by}={value_label(v)}" if by else (output or "")
+        shown = _values_shown(spec, by, list(groups))
+        label = lambda v: shown[v] if by else spec.label_of(output) if output else ""
         n = len(r.seeds)
         if kind in ("curves", "scalar", "seeds", "panels") and output is None:
             raise TemplateError(f"figure(kind={kind!r}) needs output=NAME; outputs: {', '.join(spec.outputs)}")
         if kind == "curves" and outputs is not None:  # several outputs overlaid: a colour per output (and group)
-            lines = {(f"{o}, {label(v)}" if by else o): g.series(o) for v, g in groups.items() for o in outputs}
-            self._draw(figures.curves, path, lines, ylabel=ylabel or ", ".join(outputs), xlabel=xlabel or "step",
+            lines = {(f"{spec.label_of(o)}, {label(v)}" if by else spec.label_of(o)): g.series(o)
+                     for v, g in groups.items() for o in outputs}
+            self._draw(figures.curves, path, lines, ylabel=ylabel or ", ".join(map(spec.axis_label, outputs)),
+                       xlabel=xlabel or "step",
                        logy=logy, **extra)
             what = f"{n} seeds per line. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "curves":
             axis, x = _logged_steps(spec, r, output)
             self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
-                       ylabel=ylabel or output, xlabel=xlabel or axis, logy=logy, **({"x": x} if x is not None else {}),
+                       ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or axis, logy=logy,
+                       **({"x": x} if x is not None else {}),
                        **extra)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "scalar":
@@ -437,18 +452,19 @@ class Helpers:
                 raise TemplateError("figure(kind='scalar') needs by=AXIS: the conditions on the x axis")
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in groups)
             cond = {(v if numeric else label(v)): g.scalar(output) for v, g in groups.items()}
-            self._draw(figures.scalar_by_condition, path, cond, ylabel=ylabel or output, xlabel=xlabel or by,
+            self._draw(figures.scalar_by_condition, path, cond, ylabel=ylabel or spec.axis_label(output),
+                       xlabel=xlabel or spec.axis_label(by),
                        logy=logy, logx=logx, numeric_x=numeric, **extra)
             what = f"Each point is one of {n} seeds; bars: median and its 95% bootstrap CI"
         elif kind == "seeds":
             single = groups[next(iter(groups))] if len(groups) == 1 else r
             arr = single.series(output)
             self._draw(figures.small_multiples, path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
+                       ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per seed ({n} seeds)"
         elif kind == "panels":
             self._draw(figures.small_multiples, path, {label(v): g.series(output) for v, g in groups.items()},
-                       ylabel=ylabel or output, xlabel=xlabel or "step", logy=logy, **extra)
+                       ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per condition; each line is one of {n} seeds"
         else:
             if extra:
@@ -458,12 +474,40 @@ class Helpers:
             what = f"{n} seeds"
         self.figures[rel] = path
         if kind in ("curves", "scalar", "seeds", "panels"):
-            alt_text = alt or f"{kind} of {output}" + (f" by {by}" if by else "")
+            alt_text = alt or f"{kind} of {', '.join(map(spec.label_of, outputs or [output]))}" + \
+                (f" by {spec.label_of(by)}" if by else "")
         else:  # an experiment's own figure function: its docstring says what it shows
             alt_text = alt or _figure_doc(spec, kind) or kind.replace("_", " ")
         cap = caption.strip().rstrip(".")
         cap = f"{cap}. " if cap else ""
         return f"![{alt_text}]({rel})\n\n*Figure {self.count}: {cap}{what}.*"
+
+
+def _values_shown(spec: Spec, axis: str | None, values: list, bare: bool = False) -> dict:
+    """value -> how a legend, panel title or table shows it: 'init scale s = 1e-3' (bare: '1e-3'),
+    the numbers of one axis in one format (fmt.nums)."""
+    distinct = list(dict.fromkeys(values))
+    numbers = [v for v in distinct if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    text = dict(zip(numbers, nums(numbers)))
+    shown = {v: text[v] if v in text else str(v) for v in distinct}
+    if bare or axis is None:
+        return shown
+    return {v: f"{spec.label_of(axis)} = {s}" for v, s in shown.items()}
+
+
+def _group_shown(spec: Spec, v: Verdict) -> Verdict:
+    """The verdict with its group as a reader sees it: 'init scale s = 1e-5', not 'init_scale=1e-5'."""
+    axis, sep, value = v.group.partition("=")
+    if not sep or axis not in spec.params:
+        return v
+    return replace(v, group=f"{spec.label_of(axis)} = {value}")
+
+
+def _column(values, reached) -> list[str]:
+    """A table column of per-seed numbers in one format; 'not reached' for an optional output's gaps."""
+    values = list(values)
+    shown = iter(nums([x for x, ok in zip(values, reached) if ok]))
+    return [next(shown) if ok else "not reached" for ok in reached]
 
 
 def _figure_doc(spec: Spec, kind: str) -> str:
@@ -620,6 +664,7 @@ def _repro(inputs: Inputs) -> dict:
     claims, notes = [], []
     for exp, verdicts in inputs.verdicts.items():
         for v in verdicts:
+            v = _group_shown(inputs.specs[exp], v)
             claims.append({"text": v.claim + (f" ({v.group})" if v.group else ""),
                            "sentence": caveats.claim_sentence(v).replace(f" ({v.group})", ""),
                            "verdict": v.verdict, "numbers": v.numbers})

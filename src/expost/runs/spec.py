@@ -27,6 +27,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ KINDS = ("series", "scalar")
 CLAIM_KEYS = {"claim", "check", "value", "expect", "where", "per", "min_frac", "metric", "xfail"}
 EXPECT_KINDS = ("approx", "above", "below", "between")
 SCALAR_TYPES = (bool, int, float, str)
-FIELDS = ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT", "PROFILES")  # read without importing the script
+FIELDS = ("PARAMS", "SWEEP", "SEEDS", "OUTPUTS", "TIMEOUT", "PROFILES", "LABELS")  # read without importing the script
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,24 @@ class Spec:
     file_hash: str = ""  # every byte of the script and its local modules: what a post shows
     timeout: float | None = None  # TIMEOUT: seconds a run may take before it is stopped
     profiles: dict = field(default_factory=dict)  # PROFILES: name -> parameter values replacing defaults
+    labels: dict = field(default_factory=dict)  # LABELS: parameter/output name -> (label, unit)
+
+    def label_of(self, name: str) -> str:
+        """What a reader sees for a parameter or output: its LABELS entry, else (an output) the first
+        clause of its description, else the name with spaces for underscores."""
+        if name in self.labels:
+            return self.labels[name][0]
+        if name in self.outputs:
+            return first_clause(self.outputs[name].description) or name
+        return name.replace("_", " ")
+
+    def unit_of(self, name: str) -> str:
+        return self.labels[name][1] if name in self.labels else ""
+
+    def axis_label(self, name: str) -> str:
+        """An axis label or a table header: 'plateau length (steps)'."""
+        unit = self.unit_of(name)
+        return f"{self.label_of(name)} ({unit})" if unit else self.label_of(name)
 
     @property
     def axes(self) -> list[str]:
@@ -116,6 +135,14 @@ class Spec:
                 if frozen not in seen:
                     seen.add(frozen)
                     yield dict(zip(keys, values))
+
+
+_CLAUSE = re.compile(r";|,\s|\s\(|\s[-–—]\s|:\s")
+
+
+def first_clause(description: str) -> str:
+    """'training loss L at each step (before the update)' -> 'training loss L at each step'."""
+    return _CLAUSE.split(description, 1)[0].strip()
 
 
 def discover(experiments_dir: Path) -> list[Path]:
@@ -247,14 +274,17 @@ def static_inputs(path: Path) -> list[Path]:
 def static_record(spec: Spec) -> tuple:
     """load_static's result as plain values (marshal-able), for remembering it across processes."""
     return (spec.name, spec.source_hash, spec.file_hash, spec.parts, spec.params, spec.sweep, spec.seeds,
-            [(o.name, o.kind, o.description) for o in spec.outputs.values()], spec.batched, spec.timeout)
+            [(o.name, o.declared, o.description) for o in spec.outputs.values()], spec.batched, spec.timeout,
+            spec.profiles, {n: list(v) for n, v in spec.labels.items()})
 
 
 def from_static_record(path: Path, record: tuple) -> Spec:
-    name, source, files, parts, params, sweep, seeds, outputs, batched, timeout = record
+    """A Spec from static_record: every field load_static sets (a field left out here would be lost
+    whenever the remembered spec is used, e.g. PROFILES)."""
+    name, source, files, parts, params, sweep, seeds, outputs, batched, timeout, profiles, labels = record
     return Spec(name=name, path=Path(path), source_hash=source, file_hash=files, parts=parts, params=params,
                 sweep=sweep, seeds=seeds, outputs={n: Output.of(n, k, d) for n, k, d in outputs}, batched=batched,
-                timeout=timeout)
+                timeout=timeout, profiles=profiles, labels={n: tuple(v) for n, v in labels.items()})
 
 
 def file_hash(path: Path, experiments_dir: Path) -> str:
@@ -309,12 +339,33 @@ def load_static(path: Path) -> Spec:
         raise _fail(path, "TIMEOUT", f"{timeout!r} is not a positive number of seconds",
                     "set TIMEOUT = 600 (seconds a run may take before it is stopped), or remove it")
     profiles = _check_profiles(path, found.get("PROFILES", {}), params)
+    labels = _check_labels(path, found.get("LABELS", {}), params, outputs)
     code, parts = code_key(path, outputs)
     return Spec(
         name=path.stem, path=path, source_hash=code, file_hash=file_hash(path, path.parent), parts=parts,
         params=params, sweep=sweep, seeds=seeds, outputs=outputs, batched=has_batch,
-        timeout=float(timeout) if timeout is not None else None, profiles=profiles,
+        timeout=float(timeout) if timeout is not None else None, profiles=profiles, labels=labels,
     )
+
+
+def _check_labels(path: Path, labels, params: dict, outputs: dict) -> dict[str, tuple[str, str]]:
+    """LABELS = {"init_scale": "init scale s", "plateau_steps": ("plateau length", "steps")}: what
+    figures, tables and generated sentences call a parameter or output (and its unit)."""
+    example = 'write LABELS = {"lr": "learning rate", "drop_step": ("drop step", "steps")}'
+    if not isinstance(labels, dict):
+        raise _fail(path, "LABELS", "must be a dict of parameter or output name -> label or (label, unit)", example)
+    out = {}
+    for name, value in labels.items():
+        if name not in params and name not in outputs:
+            raise _fail(path, f"LABELS[{name!r}]", "is neither a parameter nor an output",
+                        f"use a name of PARAMS or OUTPUTS ({', '.join([*params, *outputs])})")
+        pair = (value, "") if isinstance(value, str) else value
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(x, str) for x in pair) \
+                or not pair[0].strip():
+            raise _fail(path, f"LABELS[{name!r}]", f"{value!r} is not a label or a (label, unit) pair of strings",
+                        example)
+        out[name] = (" ".join(pair[0].split()), pair[1].strip())
+    return out
 
 
 def _check_profiles(path: Path, profiles, params: dict) -> dict:
