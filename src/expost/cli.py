@@ -20,7 +20,8 @@ from expost.fmt import num
 from expost.workspace import Progress, Workspace
 
 EPILOG = ("Exit codes: 0 success; 1 a claim's verdict was not the expected one, a run failed or an input was "
-          "invalid; 2 usage error; 3 (check) a claim is inconclusive and nothing else is wrong.")
+          "invalid; 2 usage error; 3 a claim is inconclusive and nothing else is wrong (check), or still "
+          "undecided when the seed budget is spent (run --until-decided).")
 EXIT_INCONCLUSIVE = 3
 
 
@@ -154,6 +155,20 @@ class ProgressBar(Progress):
         if self.bar:
             self.bar.update(1)
 
+    def looked(self, look) -> None:
+        """--until-decided: each look's runs and what is still undecided, on stderr."""
+        print_runs(look.runs)
+        from expost.runs.budget import percent
+
+        undecided = look.undecided
+        click.echo(f"after {look.seeds} seeds: " + (f"{len(undecided)} claim result(s) undecided at "
+                   f"{percent(look.confidence)}:" if undecided else f"every per-seed claim decided at "
+                   f"{percent(look.confidence)}"), err=True)
+        for a in look.settled:
+            click.echo(f"  settled: {a.label}: {a.sentence(budget=False)}", err=True)
+        for a in undecided:
+            click.echo(f"  {a.label}: {a.sentence(budget=False)}", err=True)
+
     def corrupt(self, keys) -> None:
         click.echo(f"warning: {len(keys)} corrupt cache entr{'y' if len(keys) == 1 else 'ies'} (checksum mismatch "
                    "or truncated) set aside under the cache's corrupt/ folder; they run again", err=True)
@@ -221,9 +236,27 @@ def run_and_print(bar: ProgressBar, call):
 @selection_options
 @run_options
 @click.option("--explain", is_flag=True, help="Print for each planned run whether it is cached and why not; run nothing.")
+@click.option("--until-decided", is_flag=True,
+              help="Then add blocks of 10 seeds until every per-seed claim is decided at --confidence, or "
+                   "--max-seeds is spent (exit 3 if a claim is still undecided).")
+@click.option("--max-seeds", type=click.IntRange(min=1), default=None,
+              help="With --until-decided: the most seeds in all (default 100).")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, min_open=True, max_open=True), default=None,
+              help="With --until-decided: the confidence over all looks together (default 0.9).")
 @click.pass_context
-def run(ctx, experiments, sel, jobs, executor, scheduler, quiet, force, yes, timeout, explain):
+def run(ctx, experiments, sel, jobs, executor, scheduler, quiet, force, yes, timeout, explain, until_decided,
+        max_seeds, confidence):
     """Run experiments over seeds; only runs not in the cache execute.
+
+    With --until-decided it runs the selected seeds (--seeds, default each experiment's SEEDS),
+    judges the claims, and adds seeds in blocks of 10 (11-20, 21-30, ...) until every per-seed
+    claim is decided or --max-seeds is spent. Decided: at least the confidence of the Jeffreys
+    posterior of the per-seed rate lies on one side of the claim's min_frac. Looking after every
+    block is peeking, so each look needs 1 - (1 - confidence) / L, where L is the number of looks
+    planned up to --max-seeds (Bonferroni): all of a claim's looks together decide it wrongly
+    with chance at most 1 - confidence; a claim decided at a look stays decided. Exits 0 when
+    every per-seed claim is decided, 3 when the budget is spent first, 1 when a run fails
+    (completed runs stay cached) or a check errs.
 
     \b
     Examples:
@@ -232,15 +265,80 @@ def run(ctx, experiments, sel, jobs, executor, scheduler, quiet, force, yes, tim
         expost run scurves --set lr=0.01 --where model=factored
         expost run --explain            # what would run, and why
         expost run --scheduler tcp://10.0.0.5:8786   # on a Dask cluster
+        expost run bumps --until-decided --max-seeds 60
     """
     executor_flags(executor, scheduler)
     ws, bar = workspace_of(ctx, quiet)
+    if not until_decided and (max_seeds is not None or confidence is not None):
+        raise click.UsageError(f"{'--max-seeds' if max_seeds is not None else '--confidence'} applies only with "
+                               "--until-decided; add it, or drop the option")
+    if until_decided:
+        if explain or force:
+            raise click.UsageError(f"--until-decided cannot be combined with {'--explain' if explain else '--force'}; "
+                                   "run that first with --seeds N, then --until-decided")
+        done = run_and_print(bar, lambda: ws.run_until_decided(
+            experiments, sel, max_seeds=max_seeds or 100, confidence=confidence or 0.9, jobs=jobs, yes=yes,
+            timeout=timeout, executor=executor, scheduler=scheduler))
+        print_until_decided(done, experiments, sel, max_seeds or 100)
+        return
     if explain:
         for r, reason in ws.explain(experiments, sel, yes=yes):
             click.echo(f"{r.experiment}\t{r.label}\tseed {r.seed}\t{'rerun (--force)' if force else reason}")
         return
     print_runs(run_and_print(bar, lambda: ws.run(experiments, sel, jobs=jobs, force=force, yes=yes, timeout=timeout,
                                                  executor=executor, scheduler=scheduler)))
+
+
+def print_until_decided(done, experiments, sel, max_seeds: int) -> None:
+    """How `run --until-decided` ended, on stderr; exit 3 when the seed budget was spent first, 1
+    when a claim's check errs."""
+    from expost.runs.budget import percent
+
+    last = done.last
+    at = (f"{percent(done.confidence)} over {len(done.schedule)} planned look(s), {percent(done.per_look)} at each "
+          "(Bonferroni)")
+    reasons: dict = {}  # one line per reason: "bumps CLAIMS[0] (3 groups), CLAIMS[3] (3 groups)"
+    for a in done.not_decidable:
+        reasons.setdefault(a.reason, {}).setdefault(f"{a.experiment} CLAIMS[{a.index}]", []).append(a.group)
+    for reason, claims in reasons.items():
+        shown = ", ".join(name + (f" ({len(groups)} groups)" if len(groups) > 1 else "")
+                          for name, groups in claims.items())
+        click.echo(f"not for seeds to decide: {shown}: {reason}", err=True)
+    for seeds, a in done.settled.values():
+        click.echo(f"settled at {seeds} seeds: {a.label}: {a.sentence(budget=False)}", err=True)
+    if last.errors:
+        raise click.ClickException(f"{len(last.errors)} claim check(s) could not be evaluated: "
+                                   + "; ".join(f"{v.experiment} CLAIMS[{v.index}]: {v.detail}" for v in last.errors)
+                                   + ". Fix them in the experiment's CLAIMS (`expost check` shows them)")
+    names = " ".join(experiments)
+    same = " (with this command's --set/--where/--profile)" if sel.set or sel.where or sel.profile else ""
+    if done.decided:
+        click.echo(f"decided: every per-seed claim is settled at {last.seeds} seeds ({at}). Verdicts: "
+                   f"`expost check {names + ' ' if names else ''}--seeds {last.seeds}`{same}; to publish them, set "
+                   f"SEEDS = {last.seeds} in the experiment (or seeds: {last.seeds} in the post's front matter)",
+                   err=True)
+        return
+    click.echo(f"seed budget spent: {len(last.undecided)} claim result(s) still undecided at {last.seeds} seeds "
+               f"(--max-seeds {max_seeds}; {at}):", err=True)
+    for a in last.undecided:
+        click.echo(f"  {a.label}: {a.sentence(budget=False)}", err=True)
+    click.echo("raise --max-seeds to go on (cached seeds are reused), or report these claims as undecided", err=True)
+    sys.exit(EXIT_INCONCLUSIVE)
+
+
+def print_advice(budget, sel) -> None:
+    """`expost check`'s seed budget, under the table: one line per claim that more seeds could settle."""
+    wanted = budget.wanted
+    if not wanted:
+        return
+    from expost.runs.budget import percent
+
+    click.echo(f"\nseed budget (a claim is decided when {percent(budget.confidence)} of its per-seed rate's posterior "
+               "lies on one side of min_frac; README: Seed budget):")
+    for a in wanted:
+        click.echo(f"  {a.label}: {a.sentence(command=True)}")
+    if sel.set or sel.where or sel.profile:
+        click.echo("  (add this check's --set/--where/--profile to the suggested commands)")
 
 
 CLAIM_WIDTH = 48  # the claim column wraps here: whole sentences, never cut
@@ -289,14 +387,20 @@ def _verdict_counts(verdicts, unexpected, inconclusive) -> str:
 @click.argument("experiments", nargs=-1)
 @selection_options
 @click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the only problem is an inconclusive claim.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, min_open=True, max_open=True), default=0.9,
+              show_default=True, help="The posterior mass on one side of min_frac that decides a claim (seed budget).")
 @click.pass_context
-def check(ctx, experiments, sel, allow_inconclusive):
+def check(ctx, experiments, sel, allow_inconclusive, confidence):
     """Evaluate every claim across the cached seeds and print a verdict table.
 
     Exits 0 when every verdict is the expected one (a claim marked "xfail" is expected not to
     hold), 1 when one is not (a claim fails, an xfail claim holds, or a check errs), and 3 when
     nothing is wrong but a claim is inconclusive (missing runs, too few seeds), unless
     --allow-inconclusive. Runs nothing: run `expost run` first.
+
+    Under the table, the seed budget: each per-seed claim that its seeds do not decide at
+    --confidence, with the seeds in all that would settle it with a chance of about 80%
+    (README: Seed budget). It changes no verdict and no exit code.
 
     \b
     Example:
@@ -305,9 +409,11 @@ def check(ctx, experiments, sel, allow_inconclusive):
     from expost.runs.claims import surprises
 
     ws, _ = workspace_of(ctx)
-    verdicts = ws.check(experiments, sel)
+    budget = ws.seed_budget(experiments, sel, confidence=confidence)
+    verdicts = budget.verdicts
     for line in _verdict_table(verdicts):
         click.echo(line.rstrip())
+    print_advice(budget, sel)
     unexpected, inconclusive = surprises(verdicts)
     click.echo(_verdict_counts(verdicts, unexpected, inconclusive), err=True)
     if unexpected:
@@ -532,6 +638,66 @@ def preview(ctx, posts, sel, port, open_, jobs, timeout):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(143 if isinstance(e, Terminated) else 130)
+
+
+DIFF_EPILOG = ("Exit codes: 0 no claim's verdict changed; 1 a claim's verdict flipped (in CI: post the report, then "
+               "fail the job); 2 no diff could be made (an unknown REV or post, a post not committed at REV, a failed "
+               "run, an invalid input); 130 interrupted.")
+
+
+class DiffUnavailable(click.ClickException):
+    """`expost diff` exits 2 when it cannot compare, so that 1 means only "a claim flipped"."""
+
+    exit_code = 2
+
+
+@cli.command(epilog=DIFF_EPILOG)
+@click.argument("rev", required=False, metavar="[REV]")
+@click.argument("post", required=False, metavar="[POST]")
+@selection_options
+@click.option("--format", "format_", type=click.Choice(["text", "md"]), default="text", show_default=True,
+              help="text for a terminal; md for a pull request comment.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Write images of the changed figures (before | after | changed pixels) into DIR/POST/ "
+                   "(default: the cache's diff/POST/, replaced each time).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes for the runs the working tree lacks (default: number of cores).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop a run that takes longer (default: the experiment's TIMEOUT, else none).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def diff(ctx, rev, post, sel, format_, out, jobs, timeout, quiet):
+    """Compare a post as committed at REV (default HEAD) with the post as the working tree builds it.
+
+    Reports the claims whose verdict flipped (k/n before and after), the numbers that moved beyond
+    seed noise (per config and scalar output, paired by seed: the 95% bootstrap CI of the mean
+    per-seed difference excludes 0), the figures that changed (SSIM and the share of the area that
+    changed, and an image of before, after and the changed pixels), and post.md's prose diff with
+    the lines that changed only in numbers folded. Runs what the working tree lacks, as `expost
+    build` would, and renders into a temporary folder, never into publish/. One argument naming a
+    post is the post (against HEAD); otherwise it is REV. Without POST: every post.
+
+    \b
+    Examples:
+        expost diff bumps                                 # HEAD vs the working tree
+        expost diff main bumps --format md > comment.md   # a pull request comment
+        expost diff HEAD~3                                # every post
+    """
+    try:
+        ws, bar = workspace_of(ctx, quiet)
+        if rev is not None and post is None and (ws.layout.templates_dir / f"{rev}.md.j2").is_file():
+            rev, post = "HEAD", rev
+        report = run_and_print(bar, lambda: ws.diff(rev or "HEAD", (post,) if post else (), sel, jobs=jobs,
+                                                     timeout=timeout, out=out))
+    except ExpostError as e:
+        raise DiffUnavailable(str(e)) from None
+    from expost.review import report as fmt
+
+    if report.runs is not None:
+        print_runs(report.runs)
+    click.echo((fmt.markdown if format_ == "md" else fmt.text)(report, ws.layout.rel), nl=False)
+    if report.flipped:
+        sys.exit(1)
 
 
 @cli.group(epilog=EPILOG)

@@ -78,3 +78,8 @@ class AdoptError(ExpostError):
 class ExecutorError(ExpostError):
     """Runs cannot go where they were sent: a Dask scheduler that does not answer, a bad [executor]
     table in expost.toml, a missing extra. Names the flag or field, the address and the fix."""
+
+
+class DiffError(ExpostError):
+    """`expost diff` cannot compare: an unknown revision, a post not committed there, a workspace
+    outside git. Names the revision or post and the fix."""

@@ -13,6 +13,7 @@
         verdicts/<key[:2]>/<key> claim verdicts by their inputs (never an evaluation in which one erred)
         specs.marshal           static specs remembered by the stats of their files
         preview/<post>/<pid>-<n>/ `expost preview`'s renders (never publish/)
+        diff/<post>/            `expost diff`'s side-by-side images of the figures that changed
         locks/  corrupt/        per-key locks; corrupt entries set aside
 """
 
@@ -76,6 +77,11 @@ class CacheLayout:
     def preview(self, post: str) -> Path:
         """`expost preview`'s renders of a post: PID-N, the Nth render of the preview process PID."""
         return self.root / "preview" / post
+
+    def diff(self, post: str) -> Path:
+        """`expost diff`'s images of a post's changed figures (before | after | changed pixels);
+        replaced by each diff of that post that does not name --out."""
+        return self.root / "diff" / post
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Progress:
     def corrupt(self, keys: list[str]) -> None:
         """Corrupt cache entries were set aside; they run again."""
 
+    def looked(self, look) -> None:
+        """`run_until_decided` judged the claims at look.seeds seeds (runs/budget.py's Look)."""
+
 
 @dataclass
 class RunReport:
@@ -244,6 +247,55 @@ class Workspace:
         specs, plans = self.plan(experiments, sel, confirm_large=False)
         return [v for spec in specs for v in claims.check(self.layout, spec, plans[spec.name], sel)]
 
+    def seed_budget(self, experiments=(), sel=None, *, confidence: float = 0.9):
+        """`check` plus, for each verdict, whether its seeds decide it at `confidence` and how many
+        seeds in all would (runs/budget.py): a Budget with .verdicts and .advice. Runs nothing."""
+        from expost.runs import budget
+
+        confidence = budget.check_confidence(confidence)
+        sel = sel or self.selection()
+        specs, plans = self.plan(experiments, sel, confirm_large=False)
+        report = budget.Budget([], [], confidence)
+        for spec in specs:
+            verdicts, advice = budget.judge(self.layout, spec, plans[spec.name], sel, confidence)
+            report.verdicts += verdicts
+            report.advice += advice
+        return report
+
+    def run_until_decided(self, experiments=(), sel=None, *, max_seeds: int = 100, confidence: float = 0.9,
+                          jobs: int | None = None, yes: bool = False, timeout: float | None = None,
+                          executor: str | None = None, scheduler: str | None = None):
+        """Run the selected seeds, then add blocks of 10 seeds until every per-seed claim is
+        decided or `max_seeds` is spent (runs/budget.py). Each look is judged at the confidence
+        that keeps all planned looks together at `confidence` (Bonferroni); a claim decided at a
+        look stays decided. Returns UntilDecided; RunFailures (every completed run cached) ends it
+        early."""
+        from dataclasses import replace
+
+        from expost.runs import budget
+        from expost.runs.posterior import looks
+
+        confidence = budget.check_confidence(confidence)
+        sel = sel or self.selection()
+        start = sel.seeds or max((len({r.seed for r in runs}) for runs in self.plan(experiments, sel,
+                                  confirm_large=not yes)[1].values()), default=1)
+        if isinstance(max_seeds, bool) or not isinstance(max_seeds, int):
+            raise ConfigError(f"max_seeds={max_seeds!r}: give a whole number of seeds, e.g. 100")
+        if max_seeds < start:
+            raise ConfigError(f"--max-seeds {max_seeds}: below the {start} seeds this starts from; raise "
+                              f"--max-seeds or lower --seeds")
+        report = budget.UntilDecided(confidence, looks(start, max_seeds))
+        for seeds in report.schedule:
+            at = replace(sel, seeds=seeds)
+            runs = self.run(experiments, at, jobs=jobs, yes=yes, timeout=timeout, executor=executor,
+                            scheduler=scheduler)
+            judged = self.seed_budget(experiments, at, confidence=report.per_look)
+            look = report.add(seeds, runs, judged.verdicts, judged.advice)
+            self.progress.looked(look)
+            if not look.undecided:
+                break
+        return report
+
     def logs(self, experiment: str, sel=None, *, seed: int | None = None) -> list[RunLog]:
         """What each planned run of an experiment printed (the cached run's output, or a failed
         run's log with its traceback), for `seed` only when given."""
@@ -370,6 +422,59 @@ class Workspace:
         sel = self.selection()
         pp = self.posts((post,), sel)[0]
         return verify_mod.verify(self.layout, pp, sel, seeds, jobs or default_jobs())
+
+    def diff(self, rev: str = "HEAD", posts=(), sel=None, *, jobs: int | None = None, timeout: float | None = None,
+             out: str | os.PathLike | None = None):
+        """Compare each post as committed at `rev` (publish/NAME/ there) with the post as the working
+        tree builds it: review.diff.DiffReport (claims flipped, numbers beyond seed noise, figures
+        changed, post.md's prose). Runs what the working tree lacks, as `build` would, and renders
+        into a temporary folder, never publish/. Changed figures are drawn (before | after | changed
+        pixels) into `out`/POST/, by default the cache's diff/POST/. All posts by default: those not
+        committed at `rev` are listed as new, those without a template as gone."""
+        import tempfile
+
+        from expost.errors import DiffError
+        from expost.posts.post import find_posts
+        from expost.review import bundle
+        from expost.review import diff as review
+
+        commit = bundle.resolve(self.root, rev)
+        names = _names(posts)
+        sel = sel or self.selection()
+        here = [p.name for p in find_posts(self.layout.templates_dir, names)]  # an unknown name: its error
+        committed = bundle.committed_posts(self.root, commit)
+        report = review.DiffReport(rev, commit)
+        for name in names:
+            if name not in committed:
+                bundle.read_committed(self.root, commit, rev, name, self.layout.cache_dir)  # says why, and the fix
+        before = {name: bundle.read_committed(self.root, commit, rev, name, self.layout.cache_dir)
+                  for name in here if name in committed}
+        pps = self.posts(tuple(before), sel) if before else []
+        if pps:
+            report.runs = self.run_missing(pps, sel, jobs=jobs, timeout=timeout)
+            report.runs.raise_for_failures()
+        where = "the working tree"
+        with tempfile.TemporaryDirectory(prefix="expost-diff-") as tmp:
+            for pp in pps:
+                name = pp.post.name
+                folder = Path(tmp) / name
+                folder.mkdir()
+                built = self.draft(pp, sel, folder)
+                after = bundle.read_folder(folder, name, where, self.layout.cache_dir)
+                after.warnings += [f"the working tree: {e}" for e in built.errors]
+                images = Path(out) / name if out is not None else self.layout.cache.diff(name)
+                if out is None:
+                    review.clear_images(images)
+                try:
+                    report.posts.append(review.compare(before[name], after, images))
+                except OSError as e:
+                    raise DiffError(f"cannot write the figure images into {images} ({e.strerror}); pass --out DIR "
+                                    "with a writable folder") from None
+        report.posts += [review.PostDiff(name, report.rev, where, status="new") for name in here if name not in committed]
+        if not names:
+            report.posts += [review.PostDiff(name, report.rev, where, status="gone")
+                             for name in committed if name not in here]
+        return report
 
     def publish_gist(self, post: str, *, dry_run: bool = False, remote: str | None = None, public: bool = False,
                      allow_secrets: bool = False) -> Published:

@@ -207,7 +207,8 @@ class Helpers:
     def globals(self) -> dict:
         return {"results": self.results, "stat": self.stat, "figure": self.figure, "code": self.code,
                 "claim": self.claim, "verdict": self.verdict, "caveat": self.caveat, "compare": self.compare,
-                "seed_table": self.seed_table, "collapsible": self.collapsible, "post": self.i.post, "num": num}
+                "seed_table": self.seed_table, "collapsible": self.collapsible, "seed_budget": self.seed_budget,
+                "post": self.i.post, "num": num}
 
     def _spec(self, experiment: str) -> Spec:
         if experiment not in self.i.specs:
@@ -304,6 +305,27 @@ class Helpers:
         """A claim's overall verdict: holds, fails, inconclusive, or mixed (its groups disagree)."""
         kinds = {v.verdict for v in self._verdicts(experiment, which)[1]}
         return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def seed_budget(self, experiment: str, which, confidence: float = 0.9) -> str:
+        """Whether a claim's seeds decide it at `confidence`, and how many seeds in all would
+        (runs/budget.py): '**Seed budget:** undecided at 90%: ...; 280 seeds in all would settle it ...'."""
+        from expost.errors import ConfigError
+        from expost.runs import budget
+
+        try:
+            confidence = budget.check_confidence(confidence)
+        except ConfigError as e:
+            raise TemplateError(f"seed_budget({experiment!r}, {which!r}, {e})") from None
+        shown, vs = self._verdicts(experiment, which)
+        numbers = {}
+        if shown.quantitative:  # the CI projection needs the per-seed numbers: the experiment's `value`
+            numbers = budget.quantities(self.i.imported(experiment), self.i.results[experiment])
+        said = [budget.advise(v, confidence, *numbers.get((v.index, v.group), (None, None))).sentence() for v in vs]
+        if not said:
+            return "**Seed budget:** no verdict yet."
+        if len(vs) == 1 and not vs[0].group:
+            return f"**Seed budget:** {said[0]}."
+        return "**Seed budget:**\n\n" + "\n".join(f"- {v.group}: {text}." for v, text in zip(vs, said))
 
     def caveat(self, r: ResultSet, name: str, unit: str = "", by: str | None = None) -> str:
         """The seed-variance caveats that apply to a quantity (empty when none do)."""
@@ -442,7 +464,8 @@ class Helpers:
             what = f"{n} seeds per line. Thin lines: individual seeds, bold: the median across seeds"
         elif kind == "curves":
             axis, x = _logged_steps(spec, r, output)
-            self._draw(figures.curves, path, {label(v): g.series(output) for v, g in groups.items()},
+            lines = {label(v): g.series(output) for v, g in groups.items()}
+            self._draw(figures.curves, path, lines,
                        ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or axis, logy=logy,
                        **({"x": x} if x is not None else {}),
                        **extra)
@@ -459,11 +482,13 @@ class Helpers:
         elif kind == "seeds":
             single = groups[next(iter(groups))] if len(groups) == 1 else r
             arr = single.series(output)
-            self._draw(figures.small_multiples, path, {f"seed {s}": row for s, row in zip(single.seeds, arr)},
+            panels = {f"seed {s}": row for s, row in zip(single.seeds, arr)}
+            self._draw(figures.small_multiples, path, panels,
                        ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per seed ({n} seeds)"
         elif kind == "panels":
-            self._draw(figures.small_multiples, path, {label(v): g.series(output) for v, g in groups.items()},
+            panels = {label(v): g.series(output) for v, g in groups.items()}
+            self._draw(figures.small_multiples, path, panels,
                        ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per condition; each line is one of {n} seeds"
         else:
@@ -648,9 +673,11 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path, timeout: float = 
             e = TemplateError(f"template {e.name!r} not found in templates/; create templates/{e.name} or fix the name")
         elif isinstance(e, SecurityError):
             hint = (" (templates run in a sandbox without access to internals or files: "
-                    "use the helpers results, stat, figure, code, claim, verdict, caveat, compare, seed_table)")
+                    "use the helpers results, stat, figure, code, claim, verdict, caveat, compare, seed_table, "
+                    "seed_budget)")
         elif isinstance(e, jinja2.UndefinedError):
-            hint = " (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table)"
+            hint = (" (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table, "
+                    "seed_budget)")
         text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
         raise TemplateError(f"{loc}: {text}{hint}") from None
     helpers.check_maths(text)

@@ -323,6 +323,11 @@ def validate(spec: Spec, sel) -> Spec:
 
 def check(ws, spec: Spec, runs: list, sel) -> list:
     """Evaluate the claims of one (fully loaded) experiment on its cached results; remember verdicts."""
+    return checked(ws, spec, runs, sel)[2]
+
+
+def checked(ws, spec: Spec, runs: list, sel) -> tuple[Spec, ResultSet, list[Verdict]]:
+    """`check`, with the imported spec and the results it evaluated (for the seed budget)."""
     from expost.runs.cache import Cache
     from expost.runs.results import from_cache
 
@@ -336,7 +341,7 @@ def check(ws, spec: Spec, runs: list, sel) -> list:
                                             "verdicts": [v.as_dict() for v in verdicts]}, indent=1, sort_keys=True))
     except OSError:
         pass
-    return verdicts
+    return full, rs, verdicts
 
 
 def known_verdicts(ws, spec: Spec) -> list[dict] | None:
