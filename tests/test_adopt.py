@@ -76,7 +76,7 @@ def test_each_adopted_file_runs_one_seed_through_expost_and_the_starter_post_bui
     r = run("build", "grokking", "--seeds", "1", "--set", "STEPS=40")
     assert r.returncode == 0, r.stderr
     post = (root / "publish" / "grokking" / "post.md").read_text()
-    assert "def run(cfg, seed):" in post and post.count("![curves of") == 2 and "| seed | final_train_acc" in post
+    assert "def run(cfg, seed):" in post and post.count("![curves of") == 2 and "| seed | final train acc" in post
 
 
 def test_each_adopted_file_runs_alone_with_python_and_without_wandb(adopted):

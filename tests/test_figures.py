@@ -222,3 +222,36 @@ def test_xlim_crops_before_downsampling_and_hlines_are_drawn(tmp_path):
     assert panels["max_points"] == 101
     dots = figures.scalar_by_condition(tmp_path / "s.png", {"a": [1.0, 2.0], "b": [3.0, 4.0]}, hlines=(2.5,))
     assert dots["path"].exists()
+
+
+def s_curves(seeds=5, steps=3000, drop=150):
+    rng = np.random.default_rng(3)
+    t = np.arange(steps)
+    return np.stack([1 / (1 + np.exp((t - drop - 20 * rng.random()) / 10)) + 1e-3 for _ in range(seeds)])
+
+
+def test_curves_crop_the_x_axis_to_where_the_series_change(tmp_path):
+    """An S-curve that drops by step ~200 of 3000 is shown up to shortly after it settles, not
+    squeezed into the first 5% of the axis; a series still changing at the end is never cropped."""
+    info = figures.curves(tmp_path / "c.png", {"a": s_curves(), "b": s_curves(drop=300)})
+    shown = info["cropped"]
+    assert shown is not None and 300 < shown < 700
+    b = s_curves(drop=300)
+    last_moving = max(np.flatnonzero(np.abs(row - row[-1]) > 0.01 * np.ptp(row))[-1] for row in b)
+    assert shown > last_moving  # every step where a seed still moves is shown
+    assert figures.curves(tmp_path / "d.png", {"a": loss_runs()})["cropped"] is None  # still falling
+    assert figures.curves(tmp_path / "e.png", {"a": s_curves()}, xlim=(0, 3000))["cropped"] is None  # xlim wins
+    # a seed that diverges late (NaN from step 2500) keeps the axis to where it stops
+    late = s_curves()
+    late[0, 2500:] = np.nan
+    assert figures.active_steps({"a": late}) is None  # shown to step 2500 and beyond: nothing left to crop
+    small = figures.small_multiples(tmp_path / "p.png", {f"seed {i}": row for i, row in enumerate(s_curves())})
+    assert small["cropped"] is not None and small["cropped"] < 700
+
+
+def test_coinciding_medians_are_dashed_and_told_apart(tmp_path):
+    a = s_curves()
+    info = figures.curves(tmp_path / "c.png", {"scalar": a, "vector": a * (1 + 1e-4), "other": a * 0.3})
+    assert info["dashed"] == ["vector"]
+    assert figures.coinciding({"scalar": a, "vector": a * (1 + 1e-4), "other": a * 0.3}) == [("scalar", "vector")]
+    assert figures.coinciding({"x": a, "y": s_curves(drop=300)}) == []

@@ -71,6 +71,9 @@ def env_fingerprint(device: str = "cpu") -> dict:
         "device": device.split(":")[0],
         "machine": os.uname().machine,  # what platform.machine() returns on POSIX, without importing it
         "format": RESULT_FORMAT,
+        # the CPU kernels torch is told to use (expost.numerics): results made with others are others
+        "cpu_kernels": ",".join(os.environ.get(v, "native") for v in ("MKL_CBWR", "ATEN_CPU_CAPABILITY",
+                                                                       "ONEDNN_MAX_CPU_ISA")),
     }
 
 

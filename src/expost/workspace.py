@@ -143,6 +143,9 @@ class Workspace:
     """A workspace (a folder with experiments/ and templates/) and every verb over it."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, progress: Progress | None = None):
+        from expost import numerics
+
+        numerics.pin()  # before any run imports torch: the same bits on any x86 machine
         self.layout: Layout = find_workspace(explicit=Path(path)) if path is not None else find_workspace()
         self.progress = progress or Progress()
 

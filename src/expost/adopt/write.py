@@ -83,7 +83,9 @@ def spec_block(plan, cells: bool) -> list[str]:
             "# expost: confirm these outputs. Each was proposed from what the code logs, and says where it was",
             "# found: keep, rename or delete each, and replace its description by what it measures.",
             "OUTPUTS = {"]
-    out += [f"    {json.dumps(o.name)}: {json.dumps(f'{o.kind}: guessed from {o.found}')}," for o in plan.outputs]
+    # the description's first clause is the output's label in figures and tables: its name, until the author writes one
+    out += [f"    {json.dumps(o.name)}: {json.dumps(f'{o.kind}: {o.name.replace(chr(95), chr(32))}, guessed from {o.found}')},"
+            for o in plan.outputs]
     out += ["}", "CLAIMS = [  # expost: write what the runs should show, for example:", f"    # {_example(plan)}", "]"]
     return out
 

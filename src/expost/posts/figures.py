@@ -227,6 +227,62 @@ def _jitter(n: int, width: float) -> np.ndarray:
     return np.linspace(-width, width, n)[np.random.default_rng(JITTER_SEED).permutation(n)]
 
 
+SETTLED = 0.01  # a series has settled once it stays within this fraction of its range of its last value
+CROP_MIN = 0.25  # crop the x axis only when that hides at least this fraction of the steps
+COINCIDE = 0.005  # medians closer than this fraction of the axis range, at every step, coincide
+
+
+def _scaled(row, logy: bool) -> np.ndarray:
+    row = np.asarray(row, dtype=float)
+    if logy:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row = np.where(row > 0, np.log10(np.where(row > 0, row, 1.0)), np.nan)
+    return row
+
+
+def active_steps(conditions: dict, logy: bool = False) -> int | None:
+    """How many leading steps to show: up to shortly after the last step at which any seed of any
+    condition is still more than SETTLED of its range away from its last value (on the log scale
+    when logy). None when that would hide less than CROP_MIN of the steps (nothing to crop)."""
+    steps, end = 0, 0
+    for label, data in conditions.items():
+        a = _as_rows(data, label)
+        steps = max(steps, a.shape[1])
+        for row in a:
+            v = _scaled(row, logy)
+            idx = np.flatnonzero(np.isfinite(v))
+            if len(idx) < 2:
+                continue
+            v = v[idx]
+            span = v.max() - v.min()
+            away = np.flatnonzero(np.abs(v - v[-1]) > SETTLED * span) if span > 0 else []
+            if len(away):
+                end = max(end, int(idx[away[-1]]) + 1)
+            if idx[-1] < a.shape[1] - 1:  # the seed stops (diverged, or a shorter run): show where
+                end = max(end, int(idx[-1]) + 1)
+    shown = min(steps, math.ceil(end * 1.1) + 1)
+    return shown if steps and shown <= (1 - CROP_MIN) * steps else None
+
+
+def coinciding(conditions: dict, logy: bool = False) -> list[tuple[str, str]]:
+    """Pairs (earlier, later) of conditions whose median curves lie on top of each other: within
+    COINCIDE of the plot's range at every step both have. The later one is drawn dashed."""
+    medians = {label: _scaled(_median_over_seeds(_as_rows(data, label)), logy) for label, data in conditions.items()}
+    finite = [m[np.isfinite(m)] for m in medians.values()]
+    finite = np.concatenate(finite) if finite else np.array([])
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    labels, pairs = list(medians), []
+    for j, b in enumerate(labels):
+        for a in labels[:j]:
+            x, y = medians[a], medians[b]
+            n = min(len(x), len(y))
+            both = np.isfinite(x[:n]) & np.isfinite(y[:n])
+            if both.sum() >= 2 and np.abs(x[:n][both] - y[:n][both]).max() <= COINCIDE * span:
+                pairs.append((a, b))
+                break
+    return pairs
+
+
 # ------------------------------------------------------------------------------------- figures
 
 
@@ -241,7 +297,13 @@ def curves(path, conditions, *, xlabel="step", ylabel="", logy=False, title=None
     Returns {"path", "conditions": {label: {"seeds", "steps", "max_points", "nonfinite",
     "nonpositive"}}}; "max_points" is the longest line actually drawn.
     """
-    info = {"conditions": {}}
+    info = {"conditions": {}, "cropped": None}
+    if xlim is None and not isinstance(x, dict) and (shown := active_steps(conditions, logy)):
+        # the series stop changing early: show the steps where they change (xlim shows others)
+        info["cropped"] = shown
+        xlim = (0.0, float(shown - 1)) if x is None else (float(np.ravel(x)[0]), float(np.ravel(x)[shown - 1]))
+    dashed = {b for _, b in coinciding(conditions, logy)} if len(conditions) > 1 else set()
+    info["dashed"] = sorted(map(str, dashed))
     if xlim is not None and x is None:  # steps as x: crop to the window, keep the true step numbers
         cropped, xs = {}, {}
         for label, data in conditions.items():
@@ -269,9 +331,9 @@ def curves(path, conditions, *, xlabel="step", ylabel="", logy=False, title=None
                 lc = LineCollection(segs, colors=color, linewidths=0.7, alpha=alpha, zorder=2)
                 lc.set_rasterized(sum(len(s) for s in segs) > 50_000)  # keeps big SVGs small
                 ax.add_collection(lc, autolim=True)
-            if n:
-                (med,) = ax.plot(*d["median"], color=color, lw=2.0, zorder=3, label=str(label),
-                                 path_effects=halo)
+            if n:  # a median on top of an earlier one is dashed, and drawn above it, so both show
+                style = {"ls": (0, (4, 2.5)), "zorder": 3.5} if label in dashed else {"zorder": 3}
+                (med,) = ax.plot(*d["median"], color=color, lw=2.0, label=str(label), path_effects=halo, **style)
                 handles.append(med)
             lengths = [len(s[0]) for s in d["seeds"]] + [len(d["median"][0])] if n else [0]
             info["conditions"][label] = {"seeds": n, "steps": d["steps"], "max_points": max(lengths),
@@ -375,10 +437,12 @@ def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=Fal
         raise ValueError("small_multiples needs at least one panel")
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    info = {"panels": n, "grid": (nrows, ncols), "max_points": 0, "nonfinite": {}}
+    info = {"panels": n, "grid": (nrows, ncols), "max_points": 0, "nonfinite": {}, "cropped": None}
+    if xlim is None and (shown := active_steps(panels, logy)):
+        info["cropped"], xlim = shown, (0.0, float(shown - 1))
     with _figure(path, figsize=(FIGSIZE[0], 0.4 + 1.45 * nrows), nrows=nrows, ncols=ncols,
                  sharex=True, sharey=sharey, xlim=xlim, hlines=hlines) as (fig, axes):
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
         axes = np.asarray(axes).reshape(nrows, ncols)
         for k, (title, data) in enumerate(panels.items()):
@@ -396,8 +460,12 @@ def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=Fal
             ax.set_title(str(title), fontsize=9, pad=2)
             if logy:
                 ax.set_yscale("log")
-            ax.xaxis.set_major_locator(MaxNLocator(3))
-            if not logy:
+            # thin ticks: a few per small panel (a full set crowds a grid of 10)
+            ax.xaxis.set_major_locator(MaxNLocator(3 if ncols < 4 else 2, integer=True))
+            if logy:
+                ax.yaxis.set_major_locator(LogLocator(numticks=3))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            else:
                 ax.yaxis.set_major_locator(MaxNLocator(3))
         for ax in axes.flat[n:]:
             ax.set_visible(False)
@@ -405,8 +473,10 @@ def small_multiples(path, panels, *, ncols=5, xlabel="step", ylabel="", logy=Fal
             if k + ncols >= n:  # lowest panel in its column, also when the last row is short
                 ax.set_xlabel(xlabel)
                 ax.xaxis.set_tick_params(labelbottom=True)
-        for ax in axes[:, 0]:
-            ax.set_ylabel(ylabel)
+        if nrows > 1:  # one label for the whole grid: a label per row would overlap its neighbours
+            fig.supylabel(ylabel, fontsize=10)
+        else:
+            axes[0, 0].set_ylabel(ylabel)
     info["path"] = Path(path)
     return info
 

@@ -22,6 +22,7 @@ from types import FunctionType, ModuleType
 from typing import Callable
 
 import jinja2
+import numpy as np
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from expost.posts import caveats
@@ -462,6 +463,7 @@ class Helpers:
                        xlabel=xlabel or "step",
                        logy=logy, **extra)
             what = f"{n} seeds per line. Thin lines: individual seeds, bold: the median across seeds"
+            what += _view_notes(lines, logy, extra, None)
         elif kind == "curves":
             axis, x = _logged_steps(spec, r, output)
             lines = {label(v): g.series(output) for v, g in groups.items()}
@@ -470,6 +472,7 @@ class Helpers:
                        **({"x": x} if x is not None else {}),
                        **extra)
             what = f"{n} seeds per condition. Thin lines: individual seeds, bold: the median across seeds"
+            what += _view_notes(lines, logy, extra, x, axis)
         elif kind == "scalar":
             if not by:
                 raise TemplateError("figure(kind='scalar') needs by=AXIS: the conditions on the x axis")
@@ -485,12 +488,13 @@ class Helpers:
             panels = {f"seed {s}": row for s, row in zip(single.seeds, arr)}
             self._draw(figures.small_multiples, path, panels,
                        ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
-            what = f"One panel per seed ({n} seeds)"
+            what = f"One panel per seed ({n} seeds)" + _view_notes(panels, logy, extra, None, coincide=False)
         elif kind == "panels":
             panels = {label(v): g.series(output) for v, g in groups.items()}
             self._draw(figures.small_multiples, path, panels,
                        ylabel=ylabel or spec.axis_label(output), xlabel=xlabel or "step", logy=logy, **extra)
             what = f"One panel per condition; each line is one of {n} seeds"
+            what += _view_notes(panels, logy, extra, None, coincide=False)
         else:
             if extra:
                 raise TemplateError(f"figure(kind={kind!r}): xlim and hline apply to the built-in kinds; "
@@ -518,6 +522,24 @@ def _values_shown(spec: Spec, axis: str | None, values: list, bare: bool = False
     if bare or axis is None:
         return shown
     return {v: f"{spec.label_of(axis)} = {s}" for v, s in shown.items()}
+
+
+def _view_notes(lines: dict, logy: bool, extra: dict, x=None, axis: str = "step", coincide: bool = True) -> str:
+    """What the caption must say about the view the drawing chooses: a cropped x axis (the steps
+    after the series settled are not shown) and medians drawn dashed because they coincide."""
+    from expost.posts import figures
+
+    notes = ""
+    if "xlim" not in extra and (shown := figures.active_steps(lines, logy)):
+        last = num(float(np.ravel(x)[shown - 1])) if x is not None else str(shown - 1)
+        notes += (f". The {axis} axis ends at {last}: after it every seed stays within "
+                  f"{figures.SETTLED:.0%} of its range of its final value")
+    if coincide and len(lines) > 1:
+        pairs = figures.coinciding(lines, logy)
+        if pairs:
+            said = "; ".join(f"the medians of {a} and {b} coincide ({b} dashed)" for a, b in pairs)
+            notes += ". " + said[0].upper() + said[1:]
+    return notes
 
 
 def _group_shown(spec: Spec, v: Verdict) -> Verdict:

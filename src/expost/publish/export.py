@@ -25,6 +25,7 @@ from pathlib import Path
 
 from expost import __version__
 from expost.files import sha256_file
+from expost import numerics
 from expost.errors import PublishError
 from expost.runs.results import series_digest
 from expost.runs.spec import local_sources
@@ -223,7 +224,8 @@ def export(ws, pp, specs: dict, rsets: dict, verdicts: dict, seeds: dict, comman
         "command": command,
         "versions": versions(),
         "platform": {"system": platform.system(), "machine": platform.machine(),
-                     "python_implementation": sys.implementation.name, "device": device},
+                     "python_implementation": sys.implementation.name, "device": device,
+                     "cpu_numerics": numerics.describe()},
         "git": git,  # the git state of the post's inputs (spine computes it once per render)
         "experiments": {
             name: {"files": [ws.rel(p) for p in local_sources(spec.path, spec.path.parent)],

@@ -244,9 +244,12 @@ def _connect(choice: ExecutorChoice, jobs: int):
 
 
 def _probe(device: str) -> dict:
-    """Run on each worker: its environment fingerprint (expost must be importable there)."""
+    """Run on each worker: its environment fingerprint (expost must be importable there), with the
+    CPU kernels its runs will use (pinned there as here, expost.numerics)."""
+    from expost import numerics
     from expost.freshness import env_fingerprint
 
+    numerics.pin()
     return env_fingerprint(device)
 
 

@@ -196,6 +196,9 @@ def _serve() -> None:
 
 def run_shipped(shipped: Shipped) -> JobResult:
     """Run a shipped job here, in a local worker process, and return its JobResult. Never raises."""
+    from expost import numerics
+
+    numerics.pin()  # the run's worker process, forked below, imports torch with the same kernels as a local run
     problem = _env_mismatch(shipped)
     if problem is not None:
         return JobResult(None, problem, crashed=True)
