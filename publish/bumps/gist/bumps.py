@@ -52,6 +52,24 @@ OUTPUTS = {
     "drop_step": "scalar: first step where the loss is halfway between its start and its final value",
 }
 
+# What figures, tables and generated sentences call them (a label, or a label and its unit)
+LABELS = {
+    "init_scale": "init scale s",
+    "lr": "learning rate η",
+    "rank": "rank r",
+    "drop_step": ("drop step", "steps"),
+    "loss": "training loss L",
+    "learned_1": "fraction of component 1 learned",
+    "learned_2": "fraction of component 2 learned",
+    "bumps": "bumps counted",
+    "dip_ratio": "dip ratio",
+    "sigma_ratio": "σ1/σ2",
+    "half_step_1": ("half step of component 1", "steps"),
+    "half_step_2": ("half step of component 2", "steps"),
+    "sharpness_1": "sharpness of component 1",
+    "sharpness_2": "sharpness of component 2",
+}
+
 
 def ratio_predicts_bumps(r):
     """Median sigma1/sigma2 of two-bump seeds above that of one-bump seeds (None if a group is empty)."""

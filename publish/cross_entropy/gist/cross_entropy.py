@@ -43,6 +43,22 @@ OUTPUTS = {
     "tail_ratio": "scalar: steps from 50% to 90% of the drop / steps from 10% to 50% (above 1: a slow second half)",
 }
 
+# What figures, tables and generated sentences call them (a label, or a label and its unit)
+LABELS = {
+    "init_scale": "init scale s",
+    "lr": "learning rate η",
+    "rank": "rank r",
+    "drop_step": ("drop step", "steps"),
+    "plateau_steps": ("plateau length", "steps"),
+    "final_loss": ("final cross-entropy", "nats"),
+    "loss": ("KL divergence", "nats"),
+    "final_kl": ("final KL divergence", "nats"),
+    "initial_kl": ("initial KL divergence", "nats"),
+    "sharpness": "sharpness",
+    "onset_sharpness": "onset sharpness",
+    "tail_ratio": "tail ratio",
+}
+
 CLAIMS = [
     {"claim": "With cross-entropy an S-curve appears: the loss plateaus, then drops sharply "
               "(sharpness > 1, the scurves definition).",

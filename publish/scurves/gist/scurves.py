@@ -42,6 +42,21 @@ OUTPUTS = {
     "sharpness": "scalar: plateau_steps / steps from 10% to 90% of the drop (above 1: plateau then sharp drop)",
 }
 
+# What figures, tables and generated sentences call them (a label, or a label and its unit)
+LABELS = {
+    "init_scale": "init scale s",
+    "lr": "learning rate η",
+    "rank": "rank r",
+    "drop_step": ("drop step", "steps"),
+    "plateau_steps": ("plateau length", "steps"),
+    "final_loss": "final loss",
+    "loss": "training loss L",
+    "top_learned": "fraction of the top component learned",
+    "last_learned": "fraction of the last component learned",
+    "sharpness": "sharpness",
+    "model": "model",
+}
+
 
 def per_seed_log_fit(r):
     """For each seed: plateau grows monotonically with log(1/s) and a line fits it (R^2 > 0.95)."""

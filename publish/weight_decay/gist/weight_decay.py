@@ -47,6 +47,25 @@ OUTPUTS = {
     "sigma1": "scalar: the target's largest singular value",
 }
 
+# What figures, tables and generated sentences call them (a label, or a label and its unit)
+LABELS = {
+    "init_scale": "init scale s",
+    "lr": "learning rate η",
+    "rank": "rank r",
+    "drop_step": ("drop step", "steps"),
+    "plateau_steps": ("plateau length", "steps"),
+    "final_loss": "final loss",
+    "loss": "training loss L",
+    "top_learned": "fraction of the top component learned",
+    "weight_decay": "weight decay λ",
+    "sharpness": "sharpness",
+    "growth_rate": ("growth rate", "per step"),
+    "predicted_rate": ("predicted growth rate", "per step"),
+    "final_frac": "final loss / initial loss",
+    "stationary_loss": "stationary loss λ²/2",
+    "sigma1": "σ1",
+}
+
 
 def drops_later(r):
     """Per seed: the drop step strictly increases along the sweep's weight decays."""
