@@ -134,3 +134,16 @@ def test_figures_tables_and_sentences_use_the_labels(tmp_path, monkeypatch):
     assert "final_loss" not in md and "lr=" not in md.split("## Seed variance")[0]
     assert "![scalar of final loss by learning rate η]" in md
     assert "final loss" in md.split("| seed |")[1]  # the generated comparison names the label
+
+
+def test_claim_groups_are_shown_with_the_axis_label_and_one_number_format(tmp_path):
+    from expost.posts.render import _groups_shown
+    from expost.runs.claims import Verdict
+
+    path = tmp_path / "exp.py"
+    path.write_text(SCRIPT)
+    spec = load_static(path)
+    vs = [Verdict("exp", "c", 0, f"init_scale={g}", "holds", 3, 3, 1.0, True) for g in ("0.01", "0.001", "1e-4")]
+    vs.append(Verdict("exp", "c", 0, "", "holds", 3, 3, 1.0, True))
+    assert [v.group for v in _groups_shown(spec, vs)] == ["init scale s = 1e-2", "init scale s = 1e-3",
+                                                         "init scale s = 1e-4", ""]

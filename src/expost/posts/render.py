@@ -297,7 +297,7 @@ class Helpers:
         shown, vs = self._verdicts(experiment, which)
         text = vs[0].claim if vs else shown.text
         quantitative = bool(vs) and shown.quantitative
-        vs = [_group_shown(self.i.specs[experiment], v) for v in vs]
+        vs = _groups_shown(self.i.specs[experiment], vs)
         said = "; ".join(caveats.claim_sentence(v) + (f" ({v.numbers})" if quantitative and v.numbers else "")
                          for v in vs)
         return f"**Claim:** {text} — *{said}.*"
@@ -322,6 +322,7 @@ class Helpers:
         if shown.quantitative:  # the CI projection needs the per-seed numbers: the experiment's `value`
             numbers = budget.quantities(self.i.imported(experiment), self.i.results[experiment])
         said = [budget.advise(v, confidence, *numbers.get((v.index, v.group), (None, None))).sentence() for v in vs]
+        vs = _groups_shown(self.i.specs[experiment], vs)  # as the reader sees them, after the lookup by group
         if not said:
             return "**Seed budget:** no verdict yet."
         if len(vs) == 1 and not vs[0].group:
@@ -542,12 +543,24 @@ def _view_notes(lines: dict, logy: bool, extra: dict, x=None, axis: str = "step"
     return notes
 
 
-def _group_shown(spec: Spec, v: Verdict) -> Verdict:
-    """The verdict with its group as a reader sees it: 'init scale s = 1e-5', not 'init_scale=1e-5'."""
-    axis, sep, value = v.group.partition("=")
-    if not sep or axis not in spec.params:
-        return v
-    return replace(v, group=f"{spec.label_of(axis)} = {value}")
+def _groups_shown(spec: Spec, verdicts: list[Verdict]) -> list[Verdict]:
+    """The verdicts with their groups as a reader sees them: 'init scale s = 1e-5', not
+    'init_scale=1e-5', the values of one axis in one format (1e-5, 1e-4, 1e-3, not 0.001)."""
+    parts = [v.group.partition("=") for v in verdicts]
+    values: dict[str, list] = {}
+    for axis, sep, value in parts:
+        if sep and axis in spec.params:
+            values.setdefault(axis, []).append(value)
+    shown = {}
+    for axis, texts in values.items():
+        try:
+            numbers = [float(t) for t in texts]
+        except ValueError:
+            shown.update({(axis, t): t for t in texts})
+            continue
+        shown.update({(axis, t): f for t, f in zip(texts, nums(numbers))})
+    return [replace(v, group=f"{spec.label_of(axis)} = {shown[axis, value]}") if (axis, value) in shown else v
+            for v, (axis, _, value) in zip(verdicts, parts)]
 
 
 def _column(values, reached) -> list[str]:
@@ -712,8 +725,7 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path, timeout: float = 
 def _repro(inputs: Inputs) -> dict:
     claims, notes = [], []
     for exp, verdicts in inputs.verdicts.items():
-        for v in verdicts:
-            v = _group_shown(inputs.specs[exp], v)
+        for v in _groups_shown(inputs.specs[exp], verdicts):
             claims.append({"text": v.claim + (f" ({v.group})" if v.group else ""),
                            "sentence": caveats.claim_sentence(v).replace(f" ({v.group})", ""),
                            "verdict": v.verdict, "numbers": v.numbers})
