@@ -474,6 +474,8 @@ def _money(text: str, start: int, end: int) -> bool:
 def _mend_table_maths(text: str) -> str:
     """`$|x|$` in a table row: the row is split into cells at every `|` before any maths is read,
     so inside maths there each `|` becomes `\\vert` (the same symbol in TeX)."""
+    if not any("|" in line and "$" in line for line in text.split("\n")):
+        return text  # no line could hold such a row: skip the parse
     parsed = parse(text)
     rows = {i for tok in parsed.tokens if tok.type == "table_open" and tok.map for i in range(*tok.map)}
     lines = text.split("\n")

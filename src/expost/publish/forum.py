@@ -60,6 +60,8 @@ def to_forum_markdown(md: str, image_url: Callable[[str], str | None], *, name: 
 def as_details(md: str) -> str:
     """LessWrong's collapsible sections (`+++ Title` ... `+++`) as the <details> blocks that GitHub's
     markdown folds the same way; everything else unchanged."""
+    if "+++" not in md:
+        return md  # no section: skip the parse
     lines = md.split("\n")
     for tok in reversed(parse(md).tokens):
         if tok.type != "collapsible_open" or not tok.map:
