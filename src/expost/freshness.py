@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from expost import RESULT_FORMAT, __version__
+from expost import RESULT_FORMAT, __version__, numerics
 from expost.files import atomic_write, atomic_write_text, sha256_file, signature, trusted
 from expost.layout import Layout
 from expost.posts.post import LAYOUT, PACKAGE_LAYOUTS
@@ -72,8 +72,7 @@ def env_fingerprint(device: str = "cpu") -> dict:
         "machine": os.uname().machine,  # what platform.machine() returns on POSIX, without importing it
         "format": RESULT_FORMAT,
         # the CPU kernels torch is told to use (expost.numerics): results made with others are others
-        "cpu_kernels": ",".join(os.environ.get(v, "native") for v in ("MKL_CBWR", "ATEN_CPU_CAPABILITY",
-                                                                       "ONEDNN_MAX_CPU_ISA")),
+        "cpu_kernels": ",".join(os.environ.get(v, "native") for v in numerics.PINNED),
     }
 
 

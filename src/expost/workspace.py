@@ -497,16 +497,19 @@ class Workspace:
         token = None if (dry_run or remote) else gist.get_token()
         if not allow_secrets:
             refuse_secrets(bundle, f"publishing {pp.post.name}", extra=[token] if token else [])
-        previous = records.published_records(self.layout).get(pp.post.name)
-        try:
-            record = gist.publish(bundle, record=previous, description=pp.post.title, token=token,
-                                  api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
-                                  raw_url_template=self.layout.settings.get("raw_url_template") if remote else None,
-                                  dry_run=dry_run, public=public)
-        except PublishError as e:
-            if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
-                records.save_published(self.layout, pp.post.name, e.record)
-            raise
+
+        def push(previous: dict | None) -> dict:
+            try:
+                return gist.publish(bundle, record=previous, description=pp.post.title, token=token,
+                                    api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
+                                    raw_url_template=self.layout.settings.get("raw_url_template") if remote else None,
+                                    dry_run=dry_run, public=public)
+            except PublishError as e:
+                if getattr(e, "record", None):  # the gist exists but the push failed: update it next time
+                    records.save_published(self.layout, pp.post.name, e.record)
+                raise
+
+        record = push(records.published_records(self.layout).get(pp.post.name))
         if dry_run:
             return Published(built, record.get("dry_run", record), True)
         records.save_published(self.layout, pp.post.name, record)
@@ -515,10 +518,7 @@ class Workspace:
         if now != record.get("files"):
             # the README now links the figures by their published URLs: publish that README too
             # (unchanged figures keep their URLs, so this settles in one more round)
-            record = gist.publish(bundle, record=record, description=pp.post.title, token=token,
-                                  api_url=os.environ.get("EXPOST_GITHUB_API", gist.API_URL), remote=remote,
-                                  raw_url_template=self.layout.settings.get("raw_url_template") if remote else None,
-                                  public=public)
+            record = push(record)
             records.save_published(self.layout, pp.post.name, record)
             again = spine.build_post(self.layout, pp, sel, force=True, allow_secrets=allow_secrets)
         rebuilt = PostResult(pp.post.name, again.status, built.out, again.warnings, errors=again.errors)

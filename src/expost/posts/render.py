@@ -211,6 +211,11 @@ class Helpers:
                 "seed_table": self.seed_table, "collapsible": self.collapsible, "seed_budget": self.seed_budget,
                 "post": self.i.post, "num": num}
 
+    @property
+    def names(self) -> str:
+        """The helpers' names, for error hints: the functions globals() gives templates."""
+        return ", ".join(name for name, value in self.globals().items() if callable(value))
+
     def _spec(self, experiment: str) -> Spec:
         if experiment not in self.i.specs:
             raise TemplateError(f"experiment {experiment!r} is not in this post's front matter "
@@ -403,8 +408,8 @@ class Helpers:
         columns = [_values_shown(spec, None, [rec.point[a] for rec in records], bare=True) for a in axes]
         columns = [[shown[rec.point[a]] for rec in records] for a, shown in zip(axes, columns)]
         columns.append([str(rec.seed) for rec in records])
+        ones = [r._new([rec]) for rec in records]
         for n in outputs:
-            ones = [r._new([rec]) for rec in records]
             columns.append(_column([one.scalar(n)[0] for one in ones], [one.reached(n)[0] for one in ones]))
         header = [spec.label_of(a) for a in axes] + ["seed"] + [spec.axis_label(n) for n in outputs]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(axes) + "---:|" * (1 + len(outputs))]
@@ -553,13 +558,13 @@ def _groups_shown(spec: Spec, verdicts: list[Verdict]) -> list[Verdict]:
             values.setdefault(axis, []).append(value)
     shown = {}
     for axis, texts in values.items():
-        try:
-            numbers = [float(t) for t in texts]
+        try:  # the group holds the value as text: as a number again, it is shown as the figures show it
+            keys = [float(t) for t in texts]
         except ValueError:
-            shown.update({(axis, t): t for t in texts})
-            continue
-        shown.update({(axis, t): f for t, f in zip(texts, nums(numbers))})
-    return [replace(v, group=f"{spec.label_of(axis)} = {shown[axis, value]}") if (axis, value) in shown else v
+            keys = texts
+        by_value = _values_shown(spec, axis, keys)
+        shown.update({(axis, t): by_value[k] for t, k in zip(texts, keys)})
+    return [replace(v, group=shown[axis, value]) if (axis, value) in shown else v
             for v, (axis, _, value) in zip(verdicts, parts)]
 
 
@@ -707,12 +712,9 @@ def render(inputs: Inputs, templates_dir: Path, out_dir: Path, timeout: float = 
         if isinstance(e, jinja2.TemplateNotFound):
             e = TemplateError(f"template {e.name!r} not found in templates/; create templates/{e.name} or fix the name")
         elif isinstance(e, SecurityError):
-            hint = (" (templates run in a sandbox without access to internals or files: "
-                    "use the helpers results, stat, figure, code, claim, verdict, caveat, compare, seed_table, "
-                    "seed_budget)")
+            hint = f" (templates run in a sandbox without access to internals or files: use the helpers {helpers.names})"
         elif isinstance(e, jinja2.UndefinedError):
-            hint = (" (a typo? helpers: results, stat, figure, code, claim, verdict, caveat, compare, seed_table, "
-                    "seed_budget)")
+            hint = f" (a typo? helpers: {helpers.names})"
         text = str(e) if isinstance(e, (ExpostError, jinja2.TemplateError)) else f"{type(e).__name__}: {e}"
         raise TemplateError(f"{loc}: {text}{hint}") from None
     helpers.check_maths(text)

@@ -35,7 +35,6 @@ WARN_BYTES = 1_000_000
 MAX_BYTES = 10_000_000
 GISTFILE = re.compile(r"^gistfile\d+", re.IGNORECASE)
 REPRODUCE = Path(__file__).parent / "standalone" / "reproduce.py"  # copied into every gist as is
-IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()figures/([^)\s]+)(\))")
 
 
 @dataclass

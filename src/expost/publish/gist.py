@@ -242,10 +242,10 @@ def _kept(prev: dict | None, files: dict, urls: dict[str, str]) -> dict[str, str
     """The raw URLs to record: a file unchanged since the last publish keeps its URL (pinned to
     the older commit, which still holds those bytes), so the README and post.md that link it do
     not change, and publishing again settles instead of making a new commit each time."""
-    old_urls = (prev or {}).get("raw_urls") if isinstance((prev or {}).get("raw_urls"), dict) else {}
-    old_files = (prev or {}).get("files") if isinstance((prev or {}).get("files"), dict) else {}
-    return {n: old_urls[n] if isinstance(old_urls.get(n), str) and old_files.get(n) == files[n].sha256
-            and old_urls[n].startswith(("https://", "http://")) else url for n, url in urls.items()}
+    from expost.publish.records import pinned
+
+    return {n: hit[0] if (hit := pinned(prev or {}, n)) and hit[1] == files[n].sha256 else url
+            for n, url in urls.items()}
 
 
 def _raw_urls(template: str, names, fields: dict) -> dict[str, str]:

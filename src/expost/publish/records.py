@@ -37,21 +37,27 @@ def readable_records(ws: Layout) -> dict:
     return {k: v for k, v in records.items() if isinstance(v, dict)} if isinstance(records, dict) else {}
 
 
+def pinned(record: dict, name: str) -> tuple[str, str | None] | None:
+    """(raw URL, sha256 it was published with) of a file a publish record holds: only an http(s)
+    URL, whatever else a damaged or hand-edited record says; None when there is none. The URL
+    still serves a file whose bytes have that sha256."""
+    raw_urls = record.get("raw_urls") if isinstance(record.get("raw_urls"), dict) else {}
+    files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    raw = raw_urls.get(name)
+    return (raw, files.get(name)) if isinstance(raw, str) and raw.startswith(("https://", "http://")) else None
+
+
 def image_urls(ws: Layout, post: str, out: Path):
     """figures/x.png -> absolute URL: the published gist's pinned raw URL while the figure is unchanged
     (an http(s) one: a record holding anything else is ignored), else image_base_url from expost.toml,
     else None (the link stays relative and export warns)."""
     record = readable_records(ws).get(post) or {}
-    raw_urls = record.get("raw_urls") if isinstance(record.get("raw_urls"), dict) else {}
     base = ws.settings.get("image_base_url")
 
     def url(src: str) -> str | None:
-        name = Path(src).name
-        raw = raw_urls.get(name)
-        files = record.get("files") if isinstance(record.get("files"), dict) else {}
-        if (isinstance(raw, str) and raw.startswith(("https://", "http://")) and (out / src).is_file()
-                and files.get(name) == sha256_file(out / src)):
-            return raw
+        hit = pinned(record, Path(src).name)
+        if hit and (out / src).is_file() and hit[1] == sha256_file(out / src):
+            return hit[0]
         if base:
             return f"{str(base).rstrip('/')}/{post}/{src}"
         return None

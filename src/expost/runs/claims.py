@@ -174,7 +174,7 @@ def decide(k: int, n: int, per_seed: bool, min_frac: float, missing: int, n_seed
     return INCONCLUSIVE
 
 
-def _numbers(rs: ResultSet, metric: str | None, spec: Spec | None = None) -> str:
+def _numbers(rs: ResultSet, metric: str | None, spec: Spec) -> str:
     """The metric's median [min, max] over seeds; one per config, labelled by the parameters that
     differ, when the claim spans several."""
     if not metric:
@@ -193,7 +193,7 @@ def _numbers(rs: ResultSet, metric: str | None, spec: Spec | None = None) -> str
         label = ", ".join(f"{k}={value_label(config[k])}" for k in varying)
         values = f"{num(s.median)} [{num(s.min)}, {num(s.max)}]" if s.n or not s.n_unreached else "no value"
         parts.append(f"{label + ': ' if label else ''}{values}{_unreached(s, bool(varying))}")
-    return f"{spec.label_of(metric) if spec else metric} median {'; '.join(parts)}" if parts else ""
+    return f"{spec.label_of(metric)} median {'; '.join(parts)}" if parts else ""
 
 
 def not_reached(s) -> str:
